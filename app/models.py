@@ -1,0 +1,183 @@
+"""Database tables: batches, jobs, pages and regions. Postgres in production, SQLite embedded.
+
+Keys are deterministic (job id, page number, region index) so every write can be an
+idempotent upsert, and every row has room for a tenant.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+DEFAULT_TENANT = "default"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    ASSEMBLING = "assembling"
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial"  # some pages failed; the rest is in the result
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.PARTIAL, JobState.FAILED)
+
+
+class PageState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"  # render and layout on a cpu worker
+    RECOGNIZING = "recognizing"  # waiting for or on a gpu worker
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (PageState.SUCCEEDED, PageState.FAILED)
+
+
+class RegionState(StrEnum):
+    PENDING = "pending"  # waiting for the recognizer
+    DONE = "done"
+    FAILED = "failed"
+
+
+class RegionSource(StrEnum):
+    OCR = "ocr"
+    TEXT_LAYER = "text_layer"
+    IMAGE = "image"  # kept as a crop (skip)
+    NONE = "none"  # abandoned
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT, index=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    jobs: Mapped[list[Job]] = relationship(back_populates="batch", order_by="Job.created_at")
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_state_created", "state", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT, index=True)
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(1024))
+    content_sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    media_type: Mapped[str | None] = mapped_column(String(64))
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    pages_total: Mapped[int | None] = mapped_column(Integer)
+    pages_done: Mapped[int] = mapped_column(Integer, default=0)  # the fan-in counter
+    pages_failed: Mapped[int] = mapped_column(Integer, default=0)
+
+    result_markdown_key: Mapped[str | None] = mapped_column(String(1024))
+    result_json_key: Mapped[str | None] = mapped_column(String(1024))
+
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    batch: Mapped[Batch | None] = relationship(back_populates="jobs")
+    pages: Mapped[list[Page]] = relationship(
+        back_populates="job", order_by="Page.number", cascade="all, delete-orphan"
+    )
+
+
+class Page(Base):
+    __tablename__ = "pages"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)  # 1-based
+    tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
+
+    state: Mapped[str] = mapped_column(String(16), default=PageState.QUEUED)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    recognize_attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+    width_pt: Mapped[float | None] = mapped_column(Float)  # size in the document
+    height_pt: Mapped[float | None] = mapped_column(Float)
+    dpi: Mapped[float | None] = mapped_column(Float)  # effective render resolution
+    width_px: Mapped[int | None] = mapped_column(Integer)
+    height_px: Mapped[int | None] = mapped_column(Integer)
+    text_layer: Mapped[str | None] = mapped_column(String(32))  # trusted/untrusted/absent
+    layout_engine: Mapped[str | None] = mapped_column(String(128))
+    regions_total: Mapped[int | None] = mapped_column(Integer)
+
+    render_ms: Mapped[float | None] = mapped_column(Float)
+    layout_ms: Mapped[float | None] = mapped_column(Float)
+    recognize_ms: Mapped[float | None] = mapped_column(Float)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    job: Mapped[Job] = relationship(back_populates="pages")
+    regions: Mapped[list[Region]] = relationship(
+        order_by="Region.index", cascade="all, delete-orphan"
+    )
+
+
+class Region(Base):
+    __tablename__ = "regions"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["job_id", "page_number"], ["pages.job_id", "pages.number"], ondelete="CASCADE"
+        ),
+    )
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    page_number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)  # reading order
+    tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
+
+    label: Mapped[str] = mapped_column(String(32))
+    source_label: Mapped[str | None] = mapped_column(String(32))
+    task: Mapped[str] = mapped_column(String(16))
+    score: Mapped[float | None] = mapped_column(Float)
+    bbox: Mapped[list[Any]] = mapped_column()  # [x0, y0, x1, y1] pixels at page dpi
+    polygon: Mapped[list[Any] | None] = mapped_column()
+
+    state: Mapped[str] = mapped_column(String(16), default=RegionState.PENDING)
+    source: Mapped[str | None] = mapped_column(String(16))
+    content: Mapped[str | None] = mapped_column(Text)
+    image_key: Mapped[str | None] = mapped_column(String(1024))  # kept crop (skip regions)
+    engine: Mapped[str | None] = mapped_column(String(128))
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    truncated: Mapped[bool] = mapped_column(default=False)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

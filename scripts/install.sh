@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Creates the project's virtual environment with everything the CLI, API, CPU workers and
+# tests need. Idempotent: re-running only installs what changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade "pip==25.3"
+"$VENV/bin/python" -m pip install -q -e ".[api,cpu,dev]"
+# rapidocr depends on opencv-python (GUI build) as well as the headless one; both install the
+# same cv2 module, so keep only the headless build.
+if "$VENV/bin/python" -m pip show -q opencv-python >/dev/null 2>&1; then
+  "$VENV/bin/python" -m pip uninstall -q -y opencv-python
+  "$VENV/bin/python" -m pip install -q --force-reinstall --no-deps "opencv-python-headless==5.0.0.93"
+fi
+echo "installed into $VENV"

@@ -1,0 +1,1 @@
+"""pagemill's data plane: task bodies for the cpu and gpu queues and the engines they call."""

@@ -1,0 +1,35 @@
+"""The narrow interfaces every engine implements; the heavy machinery stays behind them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from workers.engines.types import LayoutRegion, RecognitionRequest, RecognitionResult
+
+
+class LayoutEngine(Protocol):
+    name: str
+    version: str
+
+    def detect(self, image: np.ndarray) -> list[LayoutRegion]:
+        """Regions of one page image (BGR), labels already mapped onto the 25 labels."""
+        ...
+
+
+class Recognizer(Protocol):
+    name: str
+    version: str
+
+    def recognize(self, requests: Sequence[RecognitionRequest]) -> list[RecognitionResult]:
+        """Results in the order of `requests`.
+
+        Engines that batch (vLLM) keep every request of every concurrent caller in flight at
+        once; callers may call from several threads. A failing request yields a result with
+        ok=False rather than raising, so one bad region never fails its page.
+        """
+        ...
+
+    def close(self) -> None: ...
