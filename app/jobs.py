@@ -1,0 +1,286 @@
+"""Every change of a batch's, job's, page's or region's state happens here.
+
+Workers call these functions around their plain work; each is one short transaction and
+safe to repeat, because Celery delivers a message at least once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, select, update
+
+from app.db import session_scope
+from app.models import (
+    DEFAULT_TENANT,
+    Batch,
+    Job,
+    JobState,
+    Page,
+    PageState,
+    Region,
+    RegionState,
+    utcnow,
+)
+
+_TERMINAL_PAGES = (PageState.SUCCEEDED, PageState.FAILED)
+_ACTIVE_JOBS = (JobState.QUEUED, JobState.RUNNING, JobState.ASSEMBLING)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+# -- submit ----------------------------------------------------------------------------
+
+
+def create_batch(name: str | None, tenant: str = DEFAULT_TENANT) -> str:
+    batch_id = new_id()
+    with session_scope() as session:
+        session.add(Batch(id=batch_id, name=name, tenant=tenant))
+    return batch_id
+
+
+def create_job(
+    *,
+    filename: str,
+    sha256: str,
+    size_bytes: int,
+    media_type: str | None,
+    options: dict[str, Any],
+    batch_id: str | None = None,
+    tenant: str = DEFAULT_TENANT,
+) -> str:
+    job_id = new_id()
+    with session_scope() as session:
+        session.add(
+            Job(
+                id=job_id,
+                tenant=tenant,
+                batch_id=batch_id,
+                filename=filename,
+                content_sha256=sha256,
+                size_bytes=size_bytes,
+                media_type=media_type,
+                options=options,
+                state=JobState.QUEUED,
+            )
+        )
+    return job_id
+
+
+def fail_job(job_id: str, error: str) -> None:
+    """Marks a job failed as a whole (the document could not be opened, or was refused)."""
+    with session_scope() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state.in_(_ACTIVE_JOBS))
+            .values(state=JobState.FAILED, error=error, finished_at=utcnow())
+        )
+
+
+# -- prepare ---------------------------------------------------------------------------
+
+
+def begin_prepare(job_id: str) -> Job | None:
+    """Counts a delivery of the job's prepare message; None when there is nothing to do."""
+    with session_scope() as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None or JobState(job.state).terminal:
+            return None
+        job.attempts += 1
+        job.started_at = job.started_at or utcnow()
+        return job
+
+
+@dataclass(frozen=True, slots=True)
+class PageSize:
+    width_pt: float
+    height_pt: float
+
+
+def set_pages(job_id: str, sizes: Sequence[PageSize]) -> list[int]:
+    """Creates the job's page rows (once) and returns the pages still to be processed."""
+    with session_scope() as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None or JobState(job.state).terminal:
+            return []
+        existing = {p.number: p for p in job.pages}
+        for number, size in enumerate(sizes, start=1):
+            if number not in existing:
+                session.add(
+                    Page(
+                        job_id=job_id,
+                        number=number,
+                        tenant=job.tenant,
+                        width_pt=size.width_pt,
+                        height_pt=size.height_pt,
+                    )
+                )
+        job.pages_total = len(sizes)
+        job.state = JobState.RUNNING
+        return [
+            n
+            for n in range(1, len(sizes) + 1)
+            if n not in existing or not PageState(existing[n].state).terminal
+        ]
+
+
+# -- page ------------------------------------------------------------------------------
+
+
+def claim_page(job_id: str, number: int) -> Page | None:
+    """Counts a delivery of a page message. None when the page is already finished."""
+    with session_scope() as session:
+        page = session.get(Page, (job_id, number), with_for_update=True)
+        if page is None or PageState(page.state).terminal:
+            return None
+        page.attempts += 1
+        page.started_at = page.started_at or utcnow()
+        if page.state == PageState.QUEUED:
+            page.state = PageState.RUNNING
+        return page
+
+
+def record_layout(
+    job_id: str, number: int, page_values: dict[str, Any], regions: Iterable[dict[str, Any]]
+) -> int:
+    """Stores a page's regions (replacing any from an earlier delivery) and returns how many
+    wait for the recognizer."""
+    rows = list(regions)
+    now = utcnow()
+    with session_scope() as session:
+        page = session.get(Page, (job_id, number), with_for_update=True)
+        if page is None or PageState(page.state).terminal:
+            return 0
+        session.execute(delete(Region).where(Region.job_id == job_id, Region.page_number == number))
+        for row in rows:
+            session.add(
+                Region(job_id=job_id, page_number=number, tenant=page.tenant, updated_at=now, **row)
+            )
+        pending = sum(1 for row in rows if row.get("state", RegionState.PENDING) == "pending")
+        for key, value in page_values.items():
+            setattr(page, key, value)
+        page.regions_total = len(rows)
+        page.state = PageState.RECOGNIZING if pending else PageState.RUNNING
+        return pending
+
+
+def claim_recognition(job_id: str, number: int) -> list[Region] | None:
+    """Counts a delivery of a page's region batch; returns the regions still pending, or None
+    when the page is already finished."""
+    with session_scope() as session:
+        page = session.get(Page, (job_id, number), with_for_update=True)
+        if page is None or PageState(page.state).terminal:
+            return None
+        page.recognize_attempts += 1
+        return list(
+            session.scalars(
+                select(Region)
+                .where(
+                    Region.job_id == job_id,
+                    Region.page_number == number,
+                    Region.state == RegionState.PENDING,
+                )
+                .order_by(Region.index)
+            )
+        )
+
+
+def record_region_results(job_id: str, number: int, results: Iterable[dict[str, Any]]) -> None:
+    """Upserts recognition results by region key; a redelivered batch changes nothing."""
+    now = utcnow()
+    with session_scope() as session:
+        for result in results:
+            values = {k: v for k, v in result.items() if k != "index"}
+            session.execute(
+                update(Region)
+                .where(
+                    Region.job_id == job_id,
+                    Region.page_number == number,
+                    Region.index == result["index"],
+                )
+                .values(updated_at=now, attempts=Region.attempts + 1, **values)
+            )
+
+
+def complete_page(
+    job_id: str,
+    number: int,
+    *,
+    error: str | None = None,
+    recognize_ms: float | None = None,
+) -> bool:
+    """Marks a page finished and bumps the job's counter. Returns True when the job's pages
+    are all finished and it still needs assembling: the caller then enqueues `assemble`.
+
+    The counter moves only when the page's state changes, so a redelivered message cannot
+    count a page twice; it still returns True, so an `assemble` lost in a crash is re-sent.
+    """
+    state = PageState.FAILED if error else PageState.SUCCEEDED
+    with session_scope() as session:
+        values: dict[str, Any] = {"state": state, "error": error, "finished_at": utcnow()}
+        if recognize_ms is not None:
+            values["recognize_ms"] = recognize_ms
+        changed = session.execute(
+            update(Page)
+            .where(Page.job_id == job_id, Page.number == number, Page.state.notin_(_TERMINAL_PAGES))
+            .values(**values)
+        ).rowcount
+        job_update = update(Job).where(Job.id == job_id)
+        if changed:
+            job_update = job_update.values(
+                pages_done=Job.pages_done + 1,
+                pages_failed=Job.pages_failed + (1 if error else 0),
+            )
+        else:
+            job_update = job_update.values(pages_done=Job.pages_done)
+        row = session.execute(
+            job_update.returning(Job.pages_done, Job.pages_total, Job.state)
+        ).one_or_none()
+    if row is None:
+        return False
+    done, total, job_state = row
+    return total is not None and done >= total and not JobState(job_state).terminal
+
+
+# -- assemble --------------------------------------------------------------------------
+
+
+def begin_assemble(job_id: str) -> Job | None:
+    """Loads the job with its pages and regions for assembly; None if already finished."""
+    with session_scope() as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None or JobState(job.state).terminal:
+            return None
+        if job.pages_total is None or job.pages_done < job.pages_total:
+            return None
+        job.state = JobState.ASSEMBLING
+        for page in job.pages:
+            _ = page.regions  # loaded inside the session, read after it
+        return job
+
+
+def finish_job(job_id: str, markdown_key: str | None, json_key: str | None) -> JobState:
+    """The job's final state: succeeded, partial (some pages failed) or failed (all did)."""
+    with session_scope() as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None:
+            raise LookupError(job_id)
+        if JobState(job.state).terminal:
+            return JobState(job.state)
+        if job.pages_total and job.pages_failed >= job.pages_total:
+            job.state = JobState.FAILED
+            job.error = job.error or "every page failed"
+        elif job.pages_failed:
+            job.state = JobState.PARTIAL
+            job.error = f"{job.pages_failed} of {job.pages_total} pages failed"
+        else:
+            job.state = JobState.SUCCEEDED
+        job.result_markdown_key = markdown_key
+        job.result_json_key = json_key
+        job.finished_at = utcnow()
+        return JobState(job.state)

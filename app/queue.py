@@ -1,0 +1,91 @@
+"""The Celery app: queues `cpu` and `gpu`, explicit routes, late acknowledgement, JSON.
+
+`app` sends tasks by name and never imports `workers`, so the API carries no ML library.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from app.settings import Settings, get_settings
+
+PREPARE = "pagemill.prepare"
+PAGE = "pagemill.page"
+RECOGNIZE = "pagemill.recognize"
+ASSEMBLE = "pagemill.assemble"
+
+CPU_QUEUE = "cpu"
+GPU_QUEUE = "gpu"
+
+ROUTES: dict[str, str] = {
+    PREPARE: CPU_QUEUE,
+    PAGE: CPU_QUEUE,
+    ASSEMBLE: CPU_QUEUE,
+    RECOGNIZE: GPU_QUEUE,
+}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    exchange = Exchange("pagemill", type="direct")
+    config: dict[str, Any] = {
+        "broker_url": settings.resolved_broker_url,
+        "broker_connection_retry_on_startup": True,
+        "task_queues": [
+            Queue(CPU_QUEUE, exchange, routing_key=CPU_QUEUE),
+            Queue(GPU_QUEUE, exchange, routing_key=GPU_QUEUE),
+        ],
+        "task_default_queue": CPU_QUEUE,
+        "task_default_exchange": "pagemill",
+        "task_routes": {
+            name: {"queue": queue, "routing_key": queue} for name, queue in ROUTES.items()
+        },
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_backend": None,  # state lives in the database, not in Celery
+        "task_ignore_result": True,
+        # A message is acknowledged only after its task finished; a worker killed mid-task
+        # leaves it on the broker for another worker.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": True,  # for Flower
+        "task_send_sent_event": True,
+    }
+    if settings.broker_url is None:
+        folder = str(settings.broker_dir)
+        config["broker_transport_options"] = {
+            "data_folder_in": folder,
+            "data_folder_out": folder,
+            "processed_folder": folder + "-processed",
+            "store_processed": False,
+            "polling_interval": settings.broker_polling_interval,
+        }
+    else:
+        # Redis redelivers an unacknowledged message after this long; longer than any task.
+        config["broker_transport_options"] = {"visibility_timeout": 3600}
+    return config
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    if settings.broker_url is None:
+        settings.broker_dir.mkdir(parents=True, exist_ok=True)
+    app = Celery("pagemill")
+    app.conf.update(celery_config(settings))
+    return app
+
+
+@lru_cache(maxsize=1)
+def get_celery() -> Celery:
+    return make_celery()
+
+
+def send(name: str, *args: Any) -> None:
+    """Enqueue a task by name on its queue."""
+    queue = ROUTES[name]
+    get_celery().send_task(name, args=list(args), queue=queue, routing_key=queue)

@@ -1,0 +1,262 @@
+"""Object storage: S3-compatible (boto3) or a local folder, behind one small interface.
+
+Keys are deterministic: originals under their content hash, everything a job produces
+under its id. Writing the same key twice is harmless, which keeps tasks idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from app.settings import Settings, get_settings
+
+
+class StorageError(RuntimeError):
+    """Storage is unreachable or refused; the operation may succeed if retried."""
+
+
+class ObjectNotFound(KeyError):
+    pass
+
+
+class ObjectStorage(Protocol):
+    def put(self, key: str, data: bytes, content_type: str | None = None) -> None: ...
+    def put_file(self, key: str, path: Path, content_type: str | None = None) -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def download(self, key: str, path: Path) -> None: ...
+    def exists(self, key: str) -> bool: ...
+    def delete_prefix(self, prefix: str) -> None: ...
+    def url(self, key: str, expires_seconds: int = 3600) -> str | None: ...
+
+
+# -- keys ------------------------------------------------------------------------------
+
+
+def original_key(sha256: str) -> str:
+    return f"originals/{sha256[:2]}/{sha256}"
+
+
+def crops_key(job_id: str, page_number: int) -> str:
+    return f"work/{job_id}/page-{page_number:05d}-crops.zip"
+
+
+def image_key(job_id: str, page_number: int, index: int) -> str:
+    return f"results/{job_id}/images/page-{page_number:05d}-region-{index:04d}.png"
+
+
+def result_key(job_id: str, fmt: str) -> str:
+    return f"results/{job_id}/document.{fmt}"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# -- local folder ----------------------------------------------------------------------
+
+
+class LocalStorage:
+    """A folder on disk. Writes go to a temporary file and are renamed into place, so a
+    reader never sees half an object."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root):
+            raise ValueError(f"storage key escapes the storage folder: {key!r}")
+        return path
+
+    def _write(self, key: str, fill: Callable[[IO[bytes]], object]) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                fill(f)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def put(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        self._write(key, lambda f: f.write(data))
+
+    def put_file(self, key: str, path: Path, content_type: str | None = None) -> None:
+        def copy(f: IO[bytes]) -> None:
+            with path.open("rb") as src:
+                shutil.copyfileobj(src, f, 1 << 20)
+
+        self._write(key, copy)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+
+    def download(self, key: str, path: Path) -> None:
+        try:
+            shutil.copyfile(self._path(key), path)
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete_prefix(self, prefix: str) -> None:
+        target = self._path(prefix)
+        if target.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            for path in target.parent.glob(target.name + "*"):
+                path.unlink(missing_ok=True)
+
+    def url(self, key: str, expires_seconds: int = 3600) -> str | None:
+        return None
+
+
+# -- S3 --------------------------------------------------------------------------------
+
+
+class S3Storage:
+    """Any S3-compatible server (AWS, SeaweedFS, MinIO, Ceph)."""
+
+    def __init__(self, settings: Settings) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = settings.s3_bucket or "pagemill"
+        self.prefix = settings.s3_prefix
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint,
+            region_name=settings.s3_region,
+            aws_access_key_id=settings.s3_access_key,
+            aws_secret_access_key=settings.s3_secret_key,
+            config=Config(
+                retries={"max_attempts": 5, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=60,
+                s3={"addressing_style": "path"},
+                signature_version="s3v4",
+            ),
+        )
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(*args, **kwargs)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise ObjectNotFound(kwargs.get("Key", "")) from None
+            raise StorageError(f"S3 {code}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"S3 unreachable: {exc}") from exc
+
+    def ensure_bucket(self) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self._call(self.client.create_bucket, Bucket=self.bucket)
+
+    def put(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        extra = {"ContentType": content_type} if content_type else {}
+        self._call(
+            self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data, **extra
+        )
+
+    def put_file(self, key: str, path: Path, content_type: str | None = None) -> None:
+        extra = {"ExtraArgs": {"ContentType": content_type}} if content_type else {}
+        self._call(self.client.upload_file, str(path), self.bucket, self._key(key), **extra)
+
+    def get(self, key: str) -> bytes:
+        response = self._call(self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+        return bytes(response["Body"].read())
+
+    def download(self, key: str, path: Path) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.download_file(self.bucket, self._key(key), str(path))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise ObjectNotFound(key) from None
+            raise StorageError(str(exc)) from exc
+        except Exception as exc:
+            raise StorageError(f"S3 download failed: {exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._call(self.client.head_object, Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ObjectNotFound:
+            return False
+
+    def delete_prefix(self, prefix: str) -> None:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+            objects = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+            if objects:
+                self._call(
+                    self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": objects}
+                )
+
+    def url(self, key: str, expires_seconds: int = 3600) -> str | None:
+        return str(
+            self.client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": self._key(key)},
+                ExpiresIn=expires_seconds,
+            )
+        )
+
+
+_storages: dict[tuple[object, ...], ObjectStorage] = {}
+_storages_lock = threading.Lock()
+
+
+def get_storage(settings: Settings | None = None) -> ObjectStorage:
+    """One client per configuration per process (boto3 clients are thread-safe)."""
+    settings = settings or get_settings()
+    if settings.uses_s3:
+        config: tuple[object, ...] = (
+            settings.s3_endpoint,
+            settings.s3_bucket,
+            settings.s3_prefix,
+            settings.s3_access_key,
+            settings.s3_region,
+        )
+    else:
+        config = (settings.resolved_storage_dir,)
+    with _storages_lock:
+        storage = _storages.get(config)
+        if storage is None:
+            if settings.uses_s3:
+                s3 = S3Storage(settings)
+                s3.ensure_bucket()
+                storage = s3
+            else:
+                storage = LocalStorage(settings.resolved_storage_dir)
+            _storages[config] = storage
+        return storage
