@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 
+import numpy as np
+
 from workers.engines.types import LayoutRegion
 
 Box = tuple[float, float, float, float]
@@ -47,6 +49,10 @@ OUT_OF_FLOW_LABELS = (
 _SPANNING_WIDTH = 0.55
 # Smallest gutter between columns, as a share of the page width.
 _MIN_GUTTER = 0.01
+# Column detection: x resolution in pixels, and the share of the peak box-height coverage
+# below which an x position counts as empty.
+_BIN = 2.0
+_GUTTER_SHARE = 0.15
 
 
 # -- geometry ---------------------------------------------------------------------------
@@ -98,34 +104,40 @@ def suppress_duplicates(
 ) -> list[LayoutRegion]:
     """Drop duplicate detections, keeping the higher score.
 
-    A region goes when it overlaps an already kept (higher-scoring) region with IoU above
-    `iou_threshold`, whatever the labels (the detector hesitated between two classes), or
-    when it lies `containment` or more inside a kept region of the same label (a nested
-    re-detection of part of a block). Nested regions of other labels (a formula inside a
-    paragraph) are kept. The input order is preserved for the survivors.
+    Regions are visited by falling score. A region goes when it overlaps an already kept
+    region with IoU above `iou_threshold`, whatever the labels (the detector hesitated
+    between two classes). When one of two same-label regions lies `containment` or more
+    inside the other (a block detected whole and in part), they merge: the kept,
+    higher-scoring region takes the union box, so a title is not cut to its fragment.
+    Nested regions of different labels (a formula inside a paragraph) both stay. Survivors
+    keep the input order.
     """
     order = sorted(range(len(regions)), key=lambda i: -regions[i].score)
-    kept: list[int] = []
+    kept: dict[int, LayoutRegion] = {}
     for i in order:
         r = regions[i]
         duplicate = False
-        for k in kept:
-            other = regions[k]
+        for k, other in kept.items():
             if iou(r.bbox, other.bbox) > iou_threshold:
                 duplicate = True
                 break
-            area = _area(r.bbox)
-            if (
-                r.label == other.label
-                and area > 0
-                and _intersection(r.bbox, other.bbox) / area >= containment
-            ):
+            if r.label != other.label:
+                continue
+            inter = _intersection(r.bbox, other.bbox)
+            small = min(_area(r.bbox), _area(other.bbox))
+            if small > 0 and inter / small >= containment:
+                union = (
+                    min(r.bbox[0], other.bbox[0]),
+                    min(r.bbox[1], other.bbox[1]),
+                    max(r.bbox[2], other.bbox[2]),
+                    max(r.bbox[3], other.bbox[3]),
+                )
+                kept[k] = dataclasses.replace(other, bbox=union, polygon=None)
                 duplicate = True
                 break
         if not duplicate:
-            kept.append(i)
-    keep = set(kept)
-    return [r for i, r in enumerate(regions) if i in keep]
+            kept[i] = r
+    return [kept[i] for i in sorted(kept)]
 
 
 # -- title refinement -------------------------------------------------------------------
@@ -261,27 +273,47 @@ def detect_columns(
 ) -> list[tuple[float, float]]:
     """Column x-intervals of a page body, found from where narrow boxes lie.
 
-    Boxes narrower than `_SPANNING_WIDTH` of the body width are projected onto the x axis;
-    uncovered gaps wider than `min_gutter` of the page width separate columns. A page whose
-    boxes are all wide has one column spanning the body.
+    Boxes narrower than `_SPANNING_WIDTH` of the body width are column candidates. Each
+    x position gets the summed height of the candidates covering it; positions below
+    `_GUTTER_SHARE` of the peak are empty. An empty run wider than `min_gutter` of the page
+    width with covered runs on both sides is a gutter. Weighting by height lets a narrow
+    title centred over the gutter of a two-column paper count for little against the
+    columns' full-height text. A page whose boxes are all wide has one column.
     """
     if not boxes:
         return []
     left = min(b[0] for b in boxes)
     right = max(b[2] for b in boxes)
     body_width = max(right - left, 1.0)
-    narrow = [(b[0], b[2]) for b in boxes if (b[2] - b[0]) < _SPANNING_WIDTH * body_width]
+    narrow = [b for b in boxes if (b[2] - b[0]) < _SPANNING_WIDTH * body_width]
     if not narrow:
         return [(left, right)]
-    merged = _merge_intervals(narrow)
-    gutter = min_gutter * page_width
-    columns: list[tuple[float, float]] = []
-    for a, b in merged:
-        if columns and a - columns[-1][1] < gutter:
-            columns[-1] = (columns[-1][0], b)
+    bins = max(1, int(np.ceil(body_width / _BIN)))
+    coverage = np.zeros(bins)
+    for b in narrow:
+        i0 = int((b[0] - left) / _BIN)
+        i1 = max(i0 + 1, int(np.ceil((b[2] - left) / _BIN)))
+        coverage[i0:i1] += max(b[3] - b[1], 0.0)
+    covered = coverage > _GUTTER_SHARE * coverage.max()
+    runs: list[tuple[int, int]] = []  # covered runs [i0, i1)
+    i = 0
+    while i < bins:
+        if covered[i]:
+            j = i
+            while j < bins and covered[j]:
+                j += 1
+            runs.append((i, j))
+            i = j
         else:
-            columns.append((a, b))
-    return columns
+            i += 1
+    gutter_bins = min_gutter * page_width / _BIN
+    merged: list[tuple[int, int]] = []
+    for a, b in runs:
+        if merged and a - merged[-1][1] < gutter_bins:
+            merged[-1] = (merged[-1][0], b)
+        else:
+            merged.append((a, b))
+    return [(left + a * _BIN, min(right, left + b * _BIN)) for a, b in merged]
 
 
 def _column_of(box: Box, columns: Sequence[tuple[float, float]]) -> int:
@@ -331,3 +363,17 @@ def _column_order(
         out.append(s)
     flush(rest)
     return top + out + bottom
+
+
+def arrange_page(
+    regions: Sequence[LayoutRegion],
+    page_width: float,
+    page_height: float,
+    *,
+    first_page: bool,
+) -> list[LayoutRegion]:
+    """The whole post-layout step for one page: drop duplicates, promote the document title
+    (first page only), then put the regions in reading order."""
+    kept = suppress_duplicates(regions)
+    refined = refine_titles(kept, page_height, first_page=first_page)
+    return order_regions(refined, page_width, page_height)

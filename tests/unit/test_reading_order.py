@@ -152,7 +152,20 @@ def test_suppress_duplicates_nested_same_label_only() -> None:
         R("part", (120, 120, 400, 300), score=0.6),
         R("formula", (200, 400, 600, 450), label="display_formula", score=0.5),
     ]
-    assert names(suppress_duplicates(regions)) == ["big", "formula"]
+    out = suppress_duplicates(regions)
+    assert names(out) == ["big", "formula"]
+    assert out[0].bbox == (100, 100, 900, 900)
+
+
+def test_suppress_duplicates_merges_fragment_into_union() -> None:
+    regions = [
+        R("fragment", (160, 1792, 231, 1813), label="paragraph_title", score=0.7),
+        R("whole", (159, 1790, 305, 1813), label="paragraph_title", score=0.4),
+    ]
+    out = suppress_duplicates(regions)
+    assert names(out) == ["fragment"]
+    assert out[0].bbox == (159, 1790, 305, 1813)
+    assert out[0].score == 0.7
 
 
 def test_iou() -> None:
@@ -186,3 +199,15 @@ def test_refine_titles_ties_go_to_the_topmost_and_existing_doc_title_wins() -> N
 def test_refine_titles_ignores_titles_low_on_the_page() -> None:
     regions = [R("t", (150, 1200, 800, 1300), label="paragraph_title")]
     assert refine_titles(regions, H, first_page=True) == regions
+
+
+def test_narrow_title_over_the_gutter_does_not_hide_the_columns() -> None:
+    # A centred title narrower than half the body still spans the gutter of a two-column page.
+    regions = [
+        R("title", (550, 150, 1100, 230), label="paragraph_title"),
+        R("r1", (880, 300, 1550, 1000)),
+        R("l1", (150, 300, 820, 1000)),
+        R("l2", (150, 1050, 820, 2000)),
+        R("r2", (880, 1050, 1550, 2000)),
+    ]
+    assert names(order_regions(regions, W, H)) == ["title", "l1", "l2", "r1", "r2"]
