@@ -249,12 +249,17 @@ def _same_row(a: Box, b: Box) -> bool:
     return overlap >= 0.5 * min(a[3] - a[1], b[3] - b[1])
 
 
+# Out-of-flow labels that belong to a particular kind of neighbour on their row.
+_ANCHOR_LABELS = {"formula_number": frozenset({"display_formula", "inline_formula"})}
+
+
 def _anchor(r: LayoutRegion, ordered: Sequence[LayoutRegion]) -> LayoutRegion:
     """The in-flow region an out-of-flow one belongs after: the nearest on the same row
-    (a formula number beside its formula, a margin note beside its paragraph), otherwise
-    the nearest overall."""
+    (a formula number beside its formula, preferred over closer text of the other column;
+    a margin note beside its paragraph), otherwise the nearest overall."""
     row = [o for o in ordered if _same_row(r.bbox, o.bbox)]
-    pool = row or ordered
+    partners = _ANCHOR_LABELS.get(r.label, frozenset())
+    pool = [o for o in row if o.label in partners] or row or ordered
     return min(pool, key=lambda o: (_gap_distance(r.bbox, o.bbox), *_pos_key(o)))
 
 

@@ -1,0 +1,285 @@
+"""Layout with PP-DocLayout-V3 through PaddleX: the production layout engine.
+
+PaddleX is an optional extra (`pip install 'pagemill[paddlex]'`) and its weights are never
+downloaded here: the operator exports or downloads the inference model once and points
+`PAGEMILL_PADDLEX_MODEL_DIR` at it. The folder is checked before PaddleX is imported, so a
+worker without weights fails at start-up with a message that says what to do, not at the
+first page with a network error.
+
+PaddleX's result for one image is a dict whose `boxes` is a list of
+`{cls_id, label, score, coordinate: [x0, y0, x1, y1], polygon_points?, order?}` in pixels of
+the input image; `order` is the predicted reading order, `None` for regions outside the text
+flow. `regions_from_paddlex` maps that onto LayoutRegion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import re
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from workers.engines.types import LayoutRegion
+from workers.labels import LABELS
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+
+# The exported inference model: a config plus the graph in either of Paddle's two formats.
+REQUIRED_FILES = ("inference.yml", "inference.pdiparams")
+GRAPH_FILES = ("inference.json", "inference.pdmodel")  # PIR (Paddle 3) or legacy program
+
+_HOW_TO = (
+    "Provide PP-DocLayout-V3 weights: download or export the PaddleX inference model "
+    "(e.g. the 'PaddlePaddle/PP-DocLayoutV3' model, or `paddlex --export` of a trained one) "
+    "on a machine with access, copy the folder to this one, and set "
+    "PAGEMILL_PADDLEX_MODEL_DIR to it. The folder must contain inference.yml, "
+    "inference.pdiparams and inference.json (or inference.pdmodel). Or use the offline "
+    "default: PAGEMILL_LAYOUT_ENGINE=rapid."
+)
+
+
+class LayoutModelMissing(RuntimeError):
+    """The PaddleX layout model folder is unset, missing or incomplete."""
+
+
+class PaddleXUnavailable(RuntimeError):
+    """PaddleX itself is not installed."""
+
+
+def check_model_dir(model_dir: Path | str | None, model_name: str | None = None) -> Path:
+    """The model folder, validated; raises LayoutModelMissing saying what is wrong and how
+    to fix it. With `model_name`, a different `model_name` in inference.yml is an error too,
+    so a folder holding another model is not loaded by mistake."""
+    if model_dir is None or str(model_dir) == "":
+        raise LayoutModelMissing(f"PAGEMILL_PADDLEX_MODEL_DIR is not set. {_HOW_TO}")
+    path = Path(model_dir).expanduser()
+    if not path.is_dir():
+        raise LayoutModelMissing(f"PaddleX model folder {path} does not exist. {_HOW_TO}")
+    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    if not any((path / name).is_file() for name in GRAPH_FILES):
+        missing.append(" or ".join(GRAPH_FILES))
+    if missing:
+        raise LayoutModelMissing(
+            f"PaddleX model folder {path} is incomplete: missing {', '.join(missing)}. {_HOW_TO}"
+        )
+    if model_name:
+        found = _yaml_model_name(path / "inference.yml")
+        if found and found != model_name:
+            raise LayoutModelMissing(
+                f"PaddleX model folder {path} holds {found!r}, not {model_name!r} "
+                f"(PAGEMILL_PADDLEX_MODEL_NAME). {_HOW_TO}"
+            )
+    return path
+
+
+def _yaml_model_name(path: Path) -> str | None:
+    """`model_name` from an inference.yml, read without a YAML parser (first match)."""
+    match = re.search(
+        r"^\s*model_name:\s*['\"]?([^'\"\s#]+)", path.read_text(errors="replace"), re.M
+    )
+    return match.group(1) if match else None
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def class_thresholds(
+    threshold: float | Mapping[str, float],
+    label_list: Sequence[str] = LABELS,
+    default: float = 0.3,
+) -> float | dict[int, float]:
+    """Settings' threshold → what PaddleX's `predict(threshold=...)` takes.
+
+    One number passes through. A mapping is keyed by label name (plus an optional
+    "default") and becomes `{class_id: threshold}` over every class, because PaddleX falls
+    back to 0.5 for a class missing from the dict. Unknown label names are an error.
+    """
+    if not isinstance(threshold, Mapping):
+        return float(threshold)
+    fallback = float(threshold.get("default", default))
+    unknown = sorted(set(threshold) - set(label_list) - {"default"})
+    if unknown:
+        raise ValueError(f"paddlex_threshold: unknown labels {unknown}; labels are {label_list}")
+    return {i: float(threshold.get(name, fallback)) for i, name in enumerate(label_list)}
+
+
+def _to_float(value: Any) -> float:
+    return float(np.asarray(value).item()) if not isinstance(value, (int, float)) else float(value)
+
+
+def _polygon(points: Any) -> list[tuple[float, float]] | None:
+    if points is None:
+        return None
+    arr = np.asarray(points, dtype=float)
+    if arr.size == 0:
+        return None
+    arr = arr.reshape(-1, 2)
+    if len(arr) < 3:
+        return None
+    return [(float(x), float(y)) for x, y in arr]
+
+
+def regions_from_paddlex(
+    result: Mapping[str, Any], label_list: Sequence[str] = LABELS
+) -> list[LayoutRegion]:
+    """PaddleX's layout result for one image → LayoutRegions, in PaddleX's order.
+
+    Accepts the result dict itself or its JSON form (`{"res": {...}}`). The label comes from
+    `label` when it is one of the 25, else from `cls_id` through `label_list`; anything else
+    becomes `text` (keeping the model's name in source_label), so an unexpected class is
+    still read rather than lost. Degenerate boxes are dropped.
+    """
+    if "boxes" not in result and isinstance(result.get("res"), Mapping):
+        result = result["res"]
+    regions: list[LayoutRegion] = []
+    for box in result.get("boxes") or []:
+        coords = [_to_float(v) for v in np.asarray(box["coordinate"], dtype=float).reshape(-1)]
+        if len(coords) == 4:
+            x0, y0, x1, y1 = coords
+        else:  # a rotated quad: its bounding box
+            xs, ys = coords[0::2], coords[1::2]
+            x0, y0, x1, y1 = min(xs), min(ys), max(xs), max(ys)
+        x0, x1 = min(x0, x1), max(x0, x1)
+        y0, y1 = min(y0, y1), max(y0, y1)
+        if x1 - x0 < 1 or y1 - y0 < 1:
+            continue
+        raw_label = box.get("label")
+        cls_id = box.get("cls_id")
+        if raw_label in LABELS:
+            label = str(raw_label)
+        elif (
+            cls_id is not None
+            and 0 <= int(cls_id) < len(label_list)
+            and (label_list[int(cls_id)] in LABELS)
+        ):
+            label = label_list[int(cls_id)]
+        else:
+            label = "text"
+        order = box.get("order")
+        regions.append(
+            LayoutRegion(
+                label=label,
+                bbox=(x0, y0, x1, y1),
+                score=_to_float(box.get("score", 0.0)),
+                order=None if order is None else int(order),
+                polygon=_polygon(box.get("polygon_points")),
+                source_label=None if raw_label is None else str(raw_label),
+            )
+        )
+    return regions
+
+
+class PaddleXLayoutEngine:
+    """LayoutEngine over PP-DocLayout-V3 in PaddleX. The model folder is validated when the
+    engine is built; PaddleX is imported and the model loaded on first use (or `start()`)."""
+
+    name = "paddlex"
+
+    def __init__(
+        self,
+        model_dir: Path | str | None,
+        model_name: str = "PP-DocLayoutV3",
+        device: str = "cpu",
+        batch_size: int = 1,
+        threshold: float | Mapping[str, float] = 0.3,
+        layout_nms: bool = True,
+        merge_mode: str | Mapping[str, str] = "large",
+        layout_shape_mode: str = "auto",
+        model_factory: Callable[..., Any] | None = None,
+    ) -> None:
+        self.model_dir = check_model_dir(model_dir, model_name)
+        if model_factory is None and importlib.util.find_spec("paddlex") is None:
+            raise PaddleXUnavailable(
+                "PAGEMILL_LAYOUT_ENGINE=paddlex needs PaddleX: pip install 'pagemill[paddlex]' "
+                "(and paddlepaddle for your device), or use PAGEMILL_LAYOUT_ENGINE=rapid."
+            )
+        self.model_name = model_name
+        self.device = device
+        self.batch_size = batch_size
+        self.threshold = threshold
+        self.layout_nms = layout_nms
+        self.merge_mode = merge_mode
+        self.layout_shape_mode = layout_shape_mode
+        self._factory = model_factory
+        self._label_list: Sequence[str] = LABELS
+        class_thresholds(threshold, self._label_list)  # fail now on unknown labels
+        try:
+            pkg = importlib.metadata.version("paddlex")
+        except importlib.metadata.PackageNotFoundError:
+            pkg = "none"
+        digest = _file_digest(self.model_dir / "inference.pdiparams")[:12]
+        self.version = f"paddlex-{pkg}/{model_name}@{digest}"
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, model_factory: Callable[..., Any] | None = None
+    ) -> PaddleXLayoutEngine:
+        return cls(
+            model_dir=settings.paddlex_model_dir,
+            model_name=settings.paddlex_model_name,
+            device=settings.paddlex_device,
+            batch_size=settings.paddlex_batch_size,
+            threshold=settings.paddlex_threshold,
+            layout_nms=settings.paddlex_layout_nms,
+            merge_mode=settings.paddlex_merge_mode,
+            layout_shape_mode=settings.paddlex_layout_shape_mode,
+            model_factory=model_factory,
+        )
+
+    def start(self) -> None:
+        """Load the model now (worker start-up) rather than on the first page."""
+        self._load()
+
+    def _load(self) -> Any:
+        with self._lock:
+            if self._model is None:
+                factory = self._factory
+                if factory is None:
+                    from paddlex import create_model  # heavy: paddle
+
+                    factory = create_model
+                model = factory(
+                    model_name=self.model_name, model_dir=str(self.model_dir), device=self.device
+                )
+                labels = (getattr(model, "config", None) or {}).get("label_list")
+                if labels:
+                    self._label_list = tuple(labels)
+                self._model = model
+            return self._model
+
+    def _merge_arg(self) -> str | dict[int, str]:
+        if isinstance(self.merge_mode, str):
+            return self.merge_mode
+        return {self._label_list.index(k): v for k, v in self.merge_mode.items()}
+
+    def detect(self, image: np.ndarray) -> list[LayoutRegion]:
+        """Regions of one BGR page image with the model's labels, polygons and order."""
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected a BGR image H x W x 3, got shape {image.shape}")
+        model = self._load()
+        results = model.predict(
+            np.ascontiguousarray(image),
+            batch_size=self.batch_size,
+            threshold=class_thresholds(self.threshold, self._label_list),
+            layout_nms=self.layout_nms,
+            layout_merge_bboxes_mode=self._merge_arg(),
+            layout_shape_mode=self.layout_shape_mode,
+        )
+        regions: list[LayoutRegion] = []
+        for result in results:
+            regions.extend(regions_from_paddlex(result, self._label_list))
+        return regions
