@@ -84,10 +84,12 @@ def require_migrated(settings: Settings | None = None) -> None:
 
 def migrate(settings: Settings | None = None) -> None:
     """Bring the database to the newest schema (alembic upgrade head)."""
-    from alembic import command
     from alembic.config import Config
 
+    from alembic import command
+
     settings = settings or get_settings()
+    get_engine(settings)  # creates the SQLite file's folder
     root = Path(__file__).resolve().parent.parent
     config = Config(str(root / "alembic.ini"))
     config.set_main_option("script_location", str(root / "alembic"))

@@ -145,6 +145,16 @@ def claim_page(job_id: str, number: int) -> Page | None:
         return page
 
 
+def note_page_error(job_id: str, number: int, error: str) -> None:
+    """Keeps the last error of a page that will be retried, for its final message."""
+    with session_scope() as session:
+        session.execute(
+            update(Page)
+            .where(Page.job_id == job_id, Page.number == number, Page.state.notin_(_TERMINAL_PAGES))
+            .values(error=error[:4000])
+        )
+
+
 def record_layout(
     job_id: str, number: int, page_values: dict[str, Any], regions: Iterable[dict[str, Any]]
 ) -> int:
@@ -169,15 +179,20 @@ def record_layout(
         return pending
 
 
-def claim_recognition(job_id: str, number: int) -> list[Region] | None:
-    """Counts a delivery of a page's region batch; returns the regions still pending, or None
-    when the page is already finished."""
+@dataclass(frozen=True, slots=True)
+class RecognitionClaim:
+    attempts: int
+    regions: list[Region]  # the page's regions still waiting for the recognizer
+
+
+def claim_recognition(job_id: str, number: int) -> RecognitionClaim | None:
+    """Counts a delivery of a page's region batch; None when the page is already finished."""
     with session_scope() as session:
         page = session.get(Page, (job_id, number), with_for_update=True)
         if page is None or PageState(page.state).terminal:
             return None
         page.recognize_attempts += 1
-        return list(
+        regions = list(
             session.scalars(
                 select(Region)
                 .where(
@@ -188,6 +203,7 @@ def claim_recognition(job_id: str, number: int) -> list[Region] | None:
                 .order_by(Region.index)
             )
         )
+        return RecognitionClaim(attempts=page.recognize_attempts, regions=regions)
 
 
 def record_region_results(job_id: str, number: int, results: Iterable[dict[str, Any]]) -> None:
@@ -245,6 +261,23 @@ def complete_page(
         return False
     done, total, job_state = row
     return total is not None and done >= total and not JobState(job_state).terminal
+
+
+def get_job(job_id: str) -> Job | None:
+    with session_scope() as session:
+        return session.get(Job, job_id)
+
+
+def ready_for_assembly(job_id: str) -> bool:
+    """True when every page is finished but the job is not: `assemble` is (re)sent."""
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        return (
+            job is not None
+            and not JobState(job.state).terminal
+            and job.pages_total is not None
+            and job.pages_done >= job.pages_total
+        )
 
 
 # -- assemble --------------------------------------------------------------------------

@@ -89,3 +89,10 @@ def send(name: str, *args: Any) -> None:
     """Enqueue a task by name on its queue."""
     queue = ROUTES[name]
     get_celery().send_task(name, args=list(args), queue=queue, routing_key=queue)
+
+
+def __getattr__(name: str) -> Celery:
+    # `celery -A app.queue:celery_app flower` finds the app without building it at import.
+    if name == "celery_app":
+        return get_celery()
+    raise AttributeError(name)

@@ -60,13 +60,11 @@ def _clamp(value: int) -> int:
     return max(0, min(1000, value))
 
 
-def document_json(
-    *, job_id: str, filename: str, state: str, pages: Sequence[AssemblyPage]
-) -> dict[str, Any]:
+def document_json(*, job_id: str, filename: str, pages: Sequence[AssemblyPage]) -> dict[str, Any]:
     return {
         "job_id": job_id,
         "filename": filename,
-        "state": state,
+        "pages_failed": sum(1 for page in pages if page.state == "failed"),
         "pages": [
             {
                 "page": page.number,

@@ -7,52 +7,20 @@ be unusable ends as a DocumentError with a message a person can act on.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-PDF = "application/pdf"
-PNG = "image/png"
-JPEG = "image/jpeg"
-TIFF = "image/tiff"
-WEBP = "image/webp"
-SUPPORTED = (PDF, PNG, JPEG, TIFF, WEBP)
+from app.media import PDF, SUPPORTED, describe_unsupported, sniff_media_type
+
+__all__ = ["PDF", "DocumentError", "describe_unsupported", "sniff_media_type"]
 
 
 class DocumentError(ValueError):
     """The document cannot be processed; retrying will not help."""
-
-
-def sniff_media_type(head: bytes) -> str | None:
-    """The media type from a file's first bytes (at least 16), or None if unsupported."""
-    if head[:1024].lstrip(b"\x00\t\n\r ").startswith(b"%PDF-") or b"%PDF-" in head[:1024]:
-        return PDF
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return PNG
-    if head.startswith(b"\xff\xd8\xff"):
-        return JPEG
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return TIFF
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return WEBP
-    return None
-
-
-def describe_unsupported(head: bytes) -> str:
-    if not head:
-        return "empty file (0 bytes)"
-    if head.startswith(b"\x7fELF") or head.startswith(b"MZ"):
-        return "not a document: an executable program"
-    if head.startswith(b"PK\x03\x04"):
-        return "not a supported document: a ZIP archive (Office files are not supported)"
-    try:
-        head.decode("utf-8")
-        return "not a document: plain text"
-    except UnicodeDecodeError:
-        return "not a supported document type (supported: PDF, PNG, JPEG, TIFF, WebP)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +71,9 @@ def page_sizes(path: Path, media_type: str, max_pages: int) -> list[PageInfo]:
                 try:
                     width, height = pdf.get_page_size(index)  # type: ignore[attr-defined]
                 except Exception as exc:  # pdfium raises plain errors on broken page trees
-                    raise DocumentError(f"corrupt PDF: page {index + 1} unreadable ({exc})")
+                    raise DocumentError(
+                        f"corrupt PDF: page {index + 1} unreadable ({exc})"
+                    ) from None
                 if not (width > 0 and height > 0):
                     raise DocumentError(f"corrupt PDF: page {index + 1} has no size")
                 sizes.append(PageInfo(float(width), float(height)))

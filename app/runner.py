@@ -1,0 +1,147 @@
+"""`pagemill run`: a whole corpus start to finish on one machine, workers included."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from app import jobs
+from app.db import session_scope
+from app.models import Job, JobState
+from app.processes import start, stop, worker_command
+from app.schemas import JobOptions
+from app.settings import get_settings
+from app.storage import get_storage
+
+
+def _output_names(files: list[Path], roots: list[str]) -> dict[Path, Path]:
+    """OUT-relative names without suffix: the path under the folder it was found in, so two
+    files called a.pdf in different folders do not overwrite each other."""
+    names: dict[Path, Path] = {}
+    folders = [Path(r).resolve() for r in roots if Path(r).is_dir()]
+    for path in files:
+        resolved = path.resolve()
+        base = next((f for f in folders if resolved.is_relative_to(f)), resolved.parent)
+        relative = resolved.relative_to(base)
+        names[path] = relative.with_suffix("")
+    return names
+
+
+def run_documents(
+    docs: list[str],
+    out: Path,
+    options: JobOptions,
+    *,
+    start_workers: bool,
+    cpu_workers: int | None,
+    gpu_workers: int | None,
+    console: Console,
+) -> int:
+    from app.cli import _wait_for  # the same progress bar as `submit --wait`
+    from app.submit import expand_paths, submit_file
+
+    settings = get_settings()
+    try:
+        files = expand_paths(docs)
+    except FileNotFoundError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    if not files:
+        console.print("[red]no files found[/red]")
+        return 2
+    names = _output_names(files, docs)
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        if start_workers:
+            processes = _start_workers(cpu_workers, gpu_workers)
+        batch_id = jobs.create_batch(f"run {out}")
+        submitted = {submit_file(p, batch_id=batch_id, options=options).job_id: p for p in files}
+        console.print(f"{len(files)} documents submitted as batch {batch_id}")
+        _wait_for(list(submitted), on_idle=lambda: _check_alive(processes))
+    finally:
+        stop(processes)
+    return _write_outputs(submitted, names, out, console)
+
+
+class WorkerDied(RuntimeError):
+    pass
+
+
+def _check_alive(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is not None:
+            raise WorkerDied(
+                f"a worker exited with code {process.returncode}; see "
+                f"{get_settings().data_dir / 'logs'}"
+            )
+
+
+def _start_workers(
+    cpu_workers: int | None, gpu_workers: int | None
+) -> list[subprocess.Popen[bytes]]:
+    settings = get_settings()
+    cores = os.cpu_count() or 1
+    logs = settings.data_dir / "logs"
+    processes = []
+    for role, count in (
+        ("cpu", cpu_workers or max(1, cores // 2)),
+        ("gpu", gpu_workers or max(1, cores // 2)),
+    ):
+        argv, env = worker_command(role, settings, concurrency=count)
+        processes.append(start(argv, env, log_path=logs / f"worker-{role}.log"))
+    return processes
+
+
+def _write_outputs(
+    submitted: dict[str, Path], names: dict[Path, Path], out: Path, console: Console
+) -> int:
+    storage = get_storage()
+    with session_scope() as session:
+        rows = {job_id: session.get(Job, job_id) for job_id in submitted}
+    table = Table("file", "state", "pages", "error")
+    failures = 0
+    for job_id, path in submitted.items():
+        job = rows[job_id]
+        assert job is not None
+        name = names[path]
+        if job.result_markdown_key and job.result_json_key:
+            target = out / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            images_dir = f"{target.name}.images"
+            markdown = storage.get(job.result_markdown_key).decode()
+            document = json.loads(storage.get(job.result_json_key))
+            _copy_images(document, target.parent / images_dir, storage)
+            from_dir = "images/"
+            markdown = markdown.replace(f"]({from_dir}", f"]({images_dir}/")
+            target.with_name(target.name + ".md").write_text(markdown, encoding="utf-8")
+            target.with_name(target.name + ".json").write_text(
+                json.dumps(document, ensure_ascii=False, indent=1), encoding="utf-8"
+            )
+        if job.state != JobState.SUCCEEDED:
+            failures += 1
+            table.add_row(
+                str(path), job.state, f"{job.pages_done}/{job.pages_total or '?'}", job.error or ""
+            )
+    succeeded = len(submitted) - failures
+    console.print(f"{succeeded} of {len(submitted)} documents succeeded; results in {out}/")
+    if failures:
+        console.print(table)
+        return 1
+    return 0
+
+
+def _copy_images(document: dict[str, object], folder: Path, storage: object) -> None:
+    job_id = document["job_id"]
+    for page in document["pages"]:  # type: ignore[attr-defined]
+        for region in page["regions"]:
+            image = region.get("image")
+            if image:
+                folder.mkdir(parents=True, exist_ok=True)
+                name = image.rsplit("/", 1)[-1]
+                key = f"results/{job_id}/images/{name}"
+                (folder / name).write_bytes(storage.get(key))  # type: ignore[attr-defined]

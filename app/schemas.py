@@ -1,0 +1,100 @@
+"""Request and response schemas of the API and CLI, beside the table models."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+
+class JobOptions(BaseModel):
+    """Per-job choices a submitter may make; unset fields take the settings' defaults."""
+
+    text_mode: Literal["auto", "ocr", "text"] | None = None
+    dpi: int | None = Field(default=None, ge=50, le=600)
+    # Information extraction: a JSON template (keys with empty values) filled per page.
+    extract: str | None = None
+
+    @field_validator("extract", mode="before")
+    @classmethod
+    def _template(cls, value: Any) -> str | None:
+        if value is None or value == "":
+            return None
+        parsed = json.loads(value) if isinstance(value, str) else value
+        if not isinstance(parsed, dict) or not parsed:
+            raise ValueError("extract must be a JSON object with at least one key")
+        return json.dumps(parsed, ensure_ascii=False)
+
+
+class Progress(BaseModel):
+    pages_total: int | None
+    pages_done: int
+    pages_failed: int
+    percent: float
+
+
+class Timings(BaseModel):
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    queued_seconds: float | None
+    running_seconds: float | None
+
+
+class PageOut(BaseModel):
+    number: int
+    state: str
+    error: str | None
+    attempts: int
+    regions: int | None
+    text_layer: str | None
+    render_ms: float | None
+    layout_ms: float | None
+    recognize_ms: float | None
+
+
+class ResultLinks(BaseModel):
+    markdown: str | None
+    json_: str | None = Field(default=None, alias="json", serialization_alias="json")
+
+    model_config = {"populate_by_name": True}
+
+
+class JobOut(BaseModel):
+    id: str
+    batch_id: str | None
+    filename: str
+    media_type: str | None
+    size_bytes: int
+    state: str
+    error: str | None
+    options: dict[str, Any]
+    progress: Progress
+    timings: Timings
+    result: ResultLinks | None
+    pages: list[PageOut] | None = None
+
+
+class BatchOut(BaseModel):
+    id: str
+    name: str | None
+    state: str
+    jobs_total: int
+    jobs_by_state: dict[str, int]
+    progress: Progress
+    created_at: datetime
+    jobs: list[JobOut]
+
+
+class SubmitOut(BaseModel):
+    batch_id: str | None
+    jobs: list[JobOut]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: str
+    broker: str
+    storage: str

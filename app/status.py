@@ -1,0 +1,120 @@
+"""Job and batch status as the API and CLI show it, read from the database."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from app.models import Batch, Job, JobState
+from app.schemas import BatchOut, JobOut, PageOut, Progress, ResultLinks, Timings
+
+
+def _seconds(start: object, end: object) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds(), 3)  # type: ignore[operator]
+
+
+def job_out(job: Job, *, with_pages: bool = False, link_base: str = "") -> JobOut:
+    total = job.pages_total
+    percent = 100.0 if JobState(job.state).terminal else 0.0
+    if total and not JobState(job.state).terminal:
+        percent = round(100.0 * job.pages_done / total, 1)
+    result = None
+    if job.result_markdown_key:
+        result = ResultLinks(
+            markdown=f"{link_base}/v1/jobs/{job.id}/result?format=md",
+            json_=f"{link_base}/v1/jobs/{job.id}/result?format=json",
+        )
+    return JobOut(
+        id=job.id,
+        batch_id=job.batch_id,
+        filename=job.filename,
+        media_type=job.media_type,
+        size_bytes=job.size_bytes,
+        state=job.state,
+        error=job.error,
+        options=job.options or {},
+        progress=Progress(
+            pages_total=total,
+            pages_done=job.pages_done,
+            pages_failed=job.pages_failed,
+            percent=percent,
+        ),
+        timings=Timings(
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            queued_seconds=_seconds(job.created_at, job.started_at),
+            running_seconds=_seconds(job.started_at, job.finished_at),
+        ),
+        result=result,
+        pages=[
+            PageOut(
+                number=p.number,
+                state=p.state,
+                error=p.error,
+                attempts=p.attempts,
+                regions=p.regions_total,
+                text_layer=p.text_layer,
+                render_ms=p.render_ms,
+                layout_ms=p.layout_ms,
+                recognize_ms=p.recognize_ms,
+            )
+            for p in job.pages
+        ]
+        if with_pages
+        else None,
+    )
+
+
+def batch_state(states: Counter[str]) -> str:
+    """running while any job runs; then succeeded, failed (all failed) or partial."""
+    total = sum(states.values())
+    if any(not JobState(s).terminal for s in states):
+        return "running"
+    if states[JobState.SUCCEEDED] == total:
+        return JobState.SUCCEEDED
+    if states[JobState.FAILED] == total:
+        return JobState.FAILED
+    return JobState.PARTIAL
+
+
+def batch_out(batch: Batch, *, link_base: str = "") -> BatchOut:
+    jobs = [job_out(job, link_base=link_base) for job in batch.jobs]
+    states = Counter(job.state for job in jobs)
+    totals = [j.progress.pages_total for j in jobs]
+    pages_total = sum(t or 0 for t in totals) if all(t is not None for t in totals) else None
+    pages_done = sum(j.progress.pages_done for j in jobs)
+    finished = sum(1 for j in jobs if JobState(j.state).terminal)
+    return BatchOut(
+        id=batch.id,
+        name=batch.name,
+        state=batch_state(states),
+        jobs_total=len(jobs),
+        jobs_by_state=dict(states),
+        progress=Progress(
+            pages_total=pages_total,
+            pages_done=pages_done,
+            pages_failed=sum(j.progress.pages_failed for j in jobs),
+            percent=round(100.0 * finished / len(jobs), 1) if jobs else 100.0,
+        ),
+        created_at=batch.created_at,
+        jobs=jobs,
+    )
+
+
+def load_job(session: Session, job_id: str, tenant: str | None = None) -> Job | None:
+    query = select(Job).where(Job.id == job_id).options(selectinload(Job.pages))
+    if tenant is not None:
+        query = query.where(Job.tenant == tenant)
+    return session.scalars(query).one_or_none()
+
+
+def load_batch(session: Session, batch_id: str, tenant: str | None = None) -> Batch | None:
+    query = select(Batch).where(Batch.id == batch_id).options(selectinload(Batch.jobs))
+    if tenant is not None:
+        query = query.where(Batch.tenant == tenant)
+    return session.scalars(query).one_or_none()

@@ -1,0 +1,58 @@
+"""One engine of each kind per worker process, chosen by settings and built on first use."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from app.settings import Settings
+from workers.engines.base import LayoutEngine, Recognizer
+
+_lock = threading.Lock()
+_engines: dict[str, Any] = {}
+
+
+def layout_engine(settings: Settings) -> LayoutEngine:
+    with _lock:
+        engine = _engines.get("layout")
+        if engine is None:
+            if settings.layout_engine == "paddlex":
+                from workers.engines.layout_paddlex import PaddleXLayoutEngine
+
+                engine = PaddleXLayoutEngine.from_settings(settings)
+            else:
+                from workers.engines.layout_rapid import RapidLayoutEngine
+
+                engine = RapidLayoutEngine.from_settings(settings)
+            _engines["layout"] = engine
+        return engine  # type: ignore[no-any-return]
+
+
+def recognizer(settings: Settings) -> Recognizer:
+    with _lock:
+        engine = _engines.get("recognizer")
+        if engine is None:
+            engine = build_recognizer(settings)
+            _engines["recognizer"] = engine
+        return engine  # type: ignore[no-any-return]
+
+
+def build_recognizer(settings: Settings) -> Recognizer:
+    if settings.recognizer == "vllm":
+        from workers.engines.recognize_vllm import VllmRecognizer
+
+        return VllmRecognizer.from_settings(settings)
+    if settings.recognizer == "openai":
+        from workers.engines.recognize_openai import OpenAIRecognizer
+
+        return OpenAIRecognizer.from_settings(settings)
+    from workers.engines.recognize_rapidocr import RapidOcrRecognizer
+
+    return RapidOcrRecognizer()
+
+
+def close_all() -> None:
+    with _lock:
+        engine = _engines.pop("recognizer", None)
+    if engine is not None:
+        engine.close()

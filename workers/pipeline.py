@@ -1,0 +1,406 @@
+"""What each task does, as plain functions: load, call the engines, store, change state.
+
+Each returns the messages to send next as (task name, args) pairs; the Celery tasks in
+workers.tasks send them. So the whole flow runs and is tested without a broker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app import jobs
+from app.models import Job, PageState, RegionSource, RegionState
+from app.queue import ASSEMBLE, PAGE, RECOGNIZE
+from app.settings import Settings
+from app.storage import (
+    crops_key,
+    get_storage,
+    image_key,
+    original_key,
+    result_key,
+)
+from workers import assemble
+from workers.crops import bundle_crops, crop_region, encode_png, unbundle_crops
+from workers.documents import PDF, DocumentError, page_sizes, render_page, sniff_media_type
+from workers.documents import describe_unsupported
+from workers.engines import registry
+from workers.engines.types import LayoutRegion, RecognitionRequest, RecognitionResult
+from workers.engines.types import RecognitionTask
+from workers.labels import routing_table
+from workers.reading_order import arrange_page
+
+log = logging.getLogger(__name__)
+
+Message = tuple[str, tuple[Any, ...]]
+EXTRACT = "extract"  # the task of an information-extraction region (a whole page)
+
+
+# -- originals -------------------------------------------------------------------------
+
+
+def fetch_original(sha256: str, settings: Settings) -> Path:
+    """The original on local disk. Pages of one document share one download per worker,
+    and the cache folder is kept under a size cap by evicting the least recently used."""
+    folder = (settings.data_dir / "cache" / "originals").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / sha256
+    if path.exists():
+        os.utime(path)
+        return path
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-")
+    os.close(fd)
+    try:
+        get_storage(settings).download(original_key(sha256), Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    _evict(folder, keep=path, limit_bytes=2 * 1024**3)
+    return path
+
+
+def _evict(folder: Path, keep: Path, limit_bytes: int) -> None:
+    files = sorted(
+        (p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")),
+        key=lambda p: p.stat().st_atime,
+    )
+    total = sum(p.stat().st_size for p in files)
+    for path in files:
+        if total <= limit_bytes:
+            break
+        if path != keep:
+            total -= path.stat().st_size
+            path.unlink(missing_ok=True)
+
+
+def _media_type(path: Path) -> str:
+    with path.open("rb") as f:
+        head = f.read(1024)
+    media_type = sniff_media_type(head)
+    if media_type is None:
+        raise DocumentError(describe_unsupported(head))
+    return media_type
+
+
+# -- prepare ---------------------------------------------------------------------------
+
+
+def prepare_document(job_id: str, settings: Settings) -> list[Message]:
+    """Opens and validates the document, records its pages, fans out one task per page."""
+    job = jobs.begin_prepare(job_id)
+    if job is None:
+        return []
+    if job.attempts > settings.task_max_attempts:
+        jobs.fail_job(job_id, f"gave up after {job.attempts - 1} attempts to open the document")
+        return []
+    try:
+        path = fetch_original(job.content_sha256, settings)
+        media_type = _media_type(path)
+        sizes = page_sizes(path, media_type, settings.max_pages_per_document)
+    except DocumentError as exc:
+        jobs.fail_job(job_id, str(exc))
+        return []
+    pages = jobs.set_pages(job_id, [jobs.PageSize(size.width_pt, size.height_pt) for size in sizes])
+    return [(PAGE, (job_id, number)) for number in pages]
+
+
+# -- page ------------------------------------------------------------------------------
+
+
+def _finish_page(
+    job_id: str, number: int, *, error: str | None = None, recognize_ms: float | None = None
+) -> list[Message]:
+    if jobs.complete_page(job_id, number, error=error, recognize_ms=recognize_ms):
+        return [(ASSEMBLE, (job_id,))]
+    return []
+
+
+def _assemble_if_ready(job_id: str) -> list[Message]:
+    return [(ASSEMBLE, (job_id,))] if jobs.ready_for_assembly(job_id) else []
+
+
+def process_page(job_id: str, number: int, settings: Settings) -> list[Message]:
+    """Render → layout → order → route → text layer or crop; one region batch to the gpu."""
+    page = jobs.claim_page(job_id, number)
+    if page is None:
+        return _assemble_if_ready(job_id)
+    if page.state == PageState.RECOGNIZING:
+        # Layout was recorded by an earlier delivery; its region batch may have been lost.
+        return [(RECOGNIZE, (job_id, number))]
+    if page.attempts > settings.task_max_attempts:
+        reason = page.error or "the worker was lost each time"
+        return _finish_page(
+            job_id, number, error=f"gave up after {page.attempts - 1} attempts: {reason}"
+        )
+    job = jobs.get_job(job_id)
+    assert job is not None
+    try:
+        pending = _layout_page(job, number, settings)
+    except DocumentError as exc:
+        return _finish_page(job_id, number, error=str(exc))
+    if pending:
+        return [(RECOGNIZE, (job_id, number))]
+    return _finish_page(job_id, number)
+
+
+@dataclass(frozen=True, slots=True)
+class PageOptions:
+    text_mode: str
+    dpi: int
+    extract: str | None
+
+    @classmethod
+    def of(cls, job: Job, settings: Settings) -> PageOptions:
+        options = job.options or {}
+        return cls(
+            text_mode=options.get("text_mode") or settings.text_mode,
+            dpi=int(options.get("dpi") or settings.render_dpi),
+            extract=options.get("extract"),
+        )
+
+
+def _layout_page(job: Job, number: int, settings: Settings) -> int:
+    """Does a page's cpu work and records it; returns how many regions need recognition."""
+    options = PageOptions.of(job, settings)
+    storage = get_storage(settings)
+    path = fetch_original(job.content_sha256, settings)
+    media_type = _media_type(path)
+
+    started = time.perf_counter()
+    rendered = render_page(path, media_type, number, options.dpi, settings.render_max_pixels)
+    render_ms = (time.perf_counter() - started) * 1000
+    image = rendered.image
+    height, width = image.shape[:2]
+
+    layout_ms = 0.0
+    if options.extract:
+        regions = [
+            LayoutRegion(label="page", bbox=(0.0, 0.0, float(width), float(height)), score=1.0)
+        ]
+        layout_name = "none"
+    else:
+        engine = registry.layout_engine(settings)
+        started = time.perf_counter()
+        regions = arrange_page(engine.detect(image), width, height, first_page=number == 1)
+        layout_ms = (time.perf_counter() - started) * 1000
+        layout_name = f"{engine.name}/{engine.version}"
+
+    texts = _text_layer(path, media_type, number, rendered.scale, regions, options)
+    routes = routing_table(settings.label_routes)
+    rows: list[dict[str, Any]] = []
+    crops = {}
+    for index, region in enumerate(regions):
+        task = EXTRACT if options.extract else routes[region.label].value
+        row: dict[str, Any] = {
+            "index": index,
+            "label": region.label,
+            "source_label": region.source_label,
+            "task": task,
+            "score": region.score,
+            "bbox": [float(v) for v in region.bbox],
+            "polygon": [list(p) for p in region.polygon] if region.polygon else None,
+            "state": RegionState.DONE,
+        }
+        text = texts.get(index)
+        if task == RecognitionTask.ABANDON:
+            row["source"] = RegionSource.NONE
+        elif task == RecognitionTask.SKIP:
+            key = image_key(job.id, number, index)
+            storage.put(key, encode_png(crop_region(image, region.bbox, 0)), "image/png")
+            row.update(source=RegionSource.IMAGE, image_key=key)
+        elif text is not None:
+            row.update(source=RegionSource.TEXT_LAYER, content=text, engine="pdfium-text-layer")
+        else:
+            crops[index] = crop_region(image, region.bbox, settings.crop_margin)
+            row["state"] = RegionState.PENDING
+        rows.append(row)
+    if crops:
+        storage.put(crops_key(job.id, number), bundle_crops(crops), "application/zip")
+    page_values = {
+        "dpi": rendered.dpi,
+        "width_px": width,
+        "height_px": height,
+        "render_ms": render_ms,
+        "layout_ms": layout_ms,
+        "layout_engine": layout_name,
+        "text_layer": texts.status,
+    }
+    return jobs.record_layout(job.id, number, page_values, rows)
+
+
+@dataclass(slots=True)
+class RegionTexts:
+    """Text-layer content per region index, for the regions that take it."""
+
+    status: str | None = None  # trusted | untrusted | absent | None (not consulted)
+    by_index: dict[int, str] | None = None
+
+    def get(self, index: int) -> str | None:
+        return (self.by_index or {}).get(index)
+
+
+def _text_layer(
+    path: Path,
+    media_type: str,
+    number: int,
+    scale: float,
+    regions: list[LayoutRegion],
+    options: PageOptions,
+) -> RegionTexts:
+    """In `auto` mode, text regions whose text layer passes the trust check take it instead
+    of OCR; in `text` mode every recognizable region does; `ocr` never reads it."""
+    if media_type != PDF or options.text_mode == "ocr" or options.extract:
+        return RegionTexts()
+    from workers.textlayer import read_region_texts
+
+    layer = read_region_texts(path, number - 1, scale, [r.bbox for r in regions])
+    by_index: dict[int, str] = {}
+    for index, (region, found) in enumerate(zip(regions, layer.regions, strict=True)):
+        if options.text_mode == "text":
+            by_index[index] = found.text
+        elif found.trusted and region.label not in _OCR_ALWAYS:
+            by_index[index] = found.text
+    return RegionTexts(status=layer.status, by_index=by_index)
+
+
+# Labels whose text layer loses what OCR gives (LaTeX, table structure).
+_OCR_ALWAYS = frozenset({"display_formula", "inline_formula", "table"})
+
+
+# -- recognize -------------------------------------------------------------------------
+
+
+def recognize_page(job_id: str, number: int, settings: Settings) -> list[Message]:
+    """Recognizes every pending region of one page in one engine call, so a batching engine
+    has them all in flight together, and records each result by its key."""
+    claim = jobs.claim_recognition(job_id, number)
+    if claim is None:
+        return _assemble_if_ready(job_id)
+    if claim.attempts > settings.task_max_attempts:
+        return _finish_page(
+            job_id, number, error=f"recognition gave up after {claim.attempts - 1} attempts"
+        )
+    if not claim.regions:
+        return _finish_page(job_id, number)
+    job = jobs.get_job(job_id)
+    assert job is not None
+    template = (job.options or {}).get("extract")
+    crops = unbundle_crops(get_storage(settings).get(crops_key(job_id, number)))
+    requests = [
+        RecognitionRequest(
+            key=str(region.index),
+            image=crops[region.index],
+            task=RecognitionTask.TEXT if region.task == EXTRACT else RecognitionTask(region.task),
+            template=template if region.task == EXTRACT else None,
+        )
+        for region in claim.regions
+    ]
+    engine = registry.recognizer(settings)
+    started = time.perf_counter()
+    results = engine.recognize(requests)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    engine_name = f"{engine.name}/{engine.version}"
+    jobs.record_region_results(
+        job_id, number, [_result_row(result, engine_name) for result in results]
+    )
+    return _finish_page(job_id, number, recognize_ms=elapsed_ms)
+
+
+def _result_row(result: RecognitionResult, engine_name: str) -> dict[str, Any]:
+    return {
+        "index": int(result.key),
+        "state": RegionState.DONE if result.ok else RegionState.FAILED,
+        "source": RegionSource.OCR,
+        "content": result.content,
+        "engine": engine_name,
+        "error": result.error,
+        "finish_reason": result.finish_reason,
+        "truncated": result.truncated,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+    }
+
+
+# -- assemble --------------------------------------------------------------------------
+
+
+def assemble_job(job_id: str, settings: Settings) -> list[Message]:
+    """Writes the job's markdown and JSON in reading order and sets its final state."""
+    job = jobs.begin_assemble(job_id)
+    if job is None:
+        return []
+    storage = get_storage(settings)
+    pages = [_assembly_page(page) for page in job.pages]
+    template = (job.options or {}).get("extract")
+    document = assemble.document_json(job_id=job.id, filename=job.filename, pages=pages)
+    if template:
+        document["extraction"] = _extractions(pages, template)
+        markdown = "```json\n" + json.dumps(document["extraction"], ensure_ascii=False, indent=2)
+        markdown += "\n```\n"
+    else:
+        markdown = assemble.document_markdown(pages)
+    md_key, json_key = result_key(job.id, "md"), result_key(job.id, "json")
+    storage.put(md_key, markdown.encode(), "text/markdown; charset=utf-8")
+    storage.put(
+        json_key,
+        json.dumps(document, ensure_ascii=False, indent=1).encode(),
+        "application/json",
+    )
+    jobs.finish_job(job.id, md_key, json_key)
+    storage.delete_prefix(f"work/{job.id}/")
+    return []
+
+
+def _assembly_page(page: Any) -> assemble.AssemblyPage:
+    return assemble.AssemblyPage(
+        number=page.number,
+        width=page.width_px,
+        height=page.height_px,
+        state=page.state,
+        dpi=page.dpi,
+        error=page.error,
+        text_layer=page.text_layer,
+        regions=[
+            assemble.AssemblyRegion(
+                index=r.index,
+                label=r.label,
+                task=r.task,
+                bbox=list(r.bbox),
+                content=r.content,
+                source=r.source,
+                engine=r.engine,
+                state=r.state,
+                score=r.score,
+                polygon=r.polygon,
+                image_name=r.image_key.rsplit("/", 1)[-1] if r.image_key else None,
+                error=r.error,
+                finish_reason=r.finish_reason,
+                truncated=r.truncated,
+            )
+            for r in page.regions
+        ],
+    )
+
+
+def _extractions(pages: list[assemble.AssemblyPage], template: str) -> list[dict[str, Any]]:
+    """Each page's answer parsed against the template; the raw text is kept either way."""
+    from workers.engines.glmocr import parse_extraction
+
+    out = []
+    for page in pages:
+        region = next((r for r in page.regions if r.task == EXTRACT), None)
+        raw = region.content if region else None
+        entry: dict[str, Any] = {"page": page.number, "data": None, "raw": raw, "error": None}
+        if region is None or region.state != RegionState.DONE or raw is None:
+            entry["error"] = (region.error if region else None) or page.error or "not recognized"
+        else:
+            parsed = parse_extraction(raw, template)
+            entry["data"], entry["error"] = parsed.data, parsed.error
+        out.append(entry)
+    return out

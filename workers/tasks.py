@@ -1,0 +1,120 @@
+"""The Celery tasks: thin shells that call workers.pipeline and send what it returns.
+
+Errors fall in two kinds. Transient ones (database, broker or storage unreachable) are
+retried with backoff until the service is back. Anything else is retried a bounded number of
+times, counted in the database, and then ends as an error on that page or job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_init, worker_process_init
+from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from app import jobs
+from app.queue import ASSEMBLE, PAGE, PREPARE, RECOGNIZE, get_celery, send
+from app.settings import get_settings
+from app.storage import StorageError
+from workers import pipeline
+
+log = logging.getLogger(__name__)
+celery_app = get_celery()
+
+TRANSIENT = (OperationalError, DBAPIError, StorageError, BrokerError, ConnectionError, TimeoutError)
+TRANSIENT_MAX_RETRIES = 30
+
+
+def _backoff(retries: int) -> float:
+    base = get_settings().retry_backoff_seconds
+    return float(min(60.0, base * (2 ** min(retries, 6))))
+
+
+def _run(
+    task: Task,
+    work: Callable[[], list[pipeline.Message]],
+    on_error: Callable[[str], None] | None = None,
+) -> None:
+    try:
+        messages = work()
+    except TRANSIENT as exc:
+        log.warning("transient error in %s, retrying: %s", task.name, exc)
+        raise task.retry(
+            exc=exc, countdown=_backoff(task.request.retries), max_retries=TRANSIENT_MAX_RETRIES
+        ) from exc
+    except (Exception, SoftTimeLimitExceeded) as exc:
+        log.exception("%s failed", task.name)
+        if on_error is not None:
+            on_error(f"{type(exc).__name__}: {exc}")
+        # Bounded by the attempts counted in the database, not by Celery's counter.
+        raise task.retry(
+            exc=exc, countdown=_backoff(task.request.retries), max_retries=None
+        ) from exc
+    for name, args in messages:
+        send(name, *args)
+
+
+@celery_app.task(name=PREPARE, bind=True, acks_late=True)
+def prepare(self: Task, job_id: str) -> None:
+    _run(self, lambda: pipeline.prepare_document(job_id, get_settings()))
+
+
+@celery_app.task(name=PAGE, bind=True, acks_late=True, soft_time_limit=600, time_limit=660)
+def page(self: Task, job_id: str, number: int) -> None:
+    _run(
+        self,
+        lambda: pipeline.process_page(job_id, number, get_settings()),
+        lambda error: jobs.note_page_error(job_id, number, error),
+    )
+
+
+@celery_app.task(name=RECOGNIZE, bind=True, acks_late=True)
+def recognize(self: Task, job_id: str, number: int) -> None:
+    _run(
+        self,
+        lambda: pipeline.recognize_page(job_id, number, get_settings()),
+        lambda error: jobs.note_page_error(job_id, number, error),
+    )
+
+
+@celery_app.task(name=ASSEMBLE, bind=True, acks_late=True, soft_time_limit=1800, time_limit=1900)
+def assemble(self: Task, job_id: str) -> None:
+    settings = get_settings()
+
+    def give_up(error: str) -> None:
+        if self.request.retries + 1 >= settings.task_max_attempts:
+            jobs.fail_job(job_id, f"assembly failed: {error}")
+
+    _run(self, lambda: pipeline.assemble_job(job_id, settings), give_up)
+
+
+def _preload(**_: Any) -> None:
+    """Builds the engines before the first message, so a gpu worker reports ready only with a
+    warm engine and a broken engine stops the worker at start-up, not mid-job."""
+    role = os.environ.get("PAGEMILL_WORKER_ROLE")
+    if role is None:
+        return
+    from workers.engines import registry
+
+    settings = get_settings()
+    if role == "gpu":
+        engine = registry.recognizer(settings)
+        warmup = getattr(engine, "warmup", None)
+        if warmup is not None:
+            warmup()
+    elif role == "cpu":
+        registry.layout_engine(settings)
+
+
+# Prefork children build their own engines; threads and solo pools build them once.
+worker_process_init.connect(_preload, weak=False)
+worker_init.connect(
+    lambda **kw: _preload(**kw) if os.environ.get("PAGEMILL_POOL") in ("threads", "solo") else None,
+    weak=False,
+)
