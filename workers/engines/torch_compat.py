@@ -7,13 +7,20 @@ vLLM's GLM path needs torchvision's Python transforms, not its compiled ops, so 
 two schemas (with no kernels) before torchvision is imported is enough. Where the extension
 loads (the GPU image), nothing is done.
 
-Call `apply_torch_compat()` before anything imports vllm or torchvision.
+Call `apply_torch_compat()` before anything imports vllm or torchvision, then
+`route_vllm_subprocesses()` once vllm is importable: vLLM inspects model classes in a child
+Python process (`vllm.model_executor.models.registry`), which must get the shim too. vLLM
+exposes the child's command line as a module variable for this purpose; we point it at
+`python -m workers.engines.torch_compat MODULE ...`, which applies the shim and then runs
+MODULE as `__main__`.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import runpy
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -89,3 +96,25 @@ def apply_torch_compat() -> list[str]:
             _library.define(_SCHEMAS[name])
         log.info("defined torchvision op schemas without kernels: %s", ", ".join(missing))
         return missing
+
+
+def route_vllm_subprocesses() -> None:
+    """Makes vLLM's model-inspection child process apply the shim before importing models."""
+    from vllm.model_executor.models import registry
+
+    command = [sys.executable, "-m", __name__, "vllm.model_executor.models.registry"]
+    if getattr(registry, "_SUBPROCESS_COMMAND", None) != command:
+        registry._SUBPROCESS_COMMAND = command
+
+
+def main(argv: list[str]) -> None:
+    """`python -m workers.engines.torch_compat MODULE ARGS...`: MODULE with the shim applied."""
+    if not argv:
+        raise SystemExit("usage: python -m workers.engines.torch_compat MODULE [ARGS...]")
+    apply_torch_compat()
+    sys.argv = argv
+    runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
