@@ -1,0 +1,99 @@
+"""The whole pipeline through real Redis, Postgres, SeaweedFS and worker processes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from app import jobs
+from app.storage import get_storage
+from app.submit import submit_file
+from tests.conftest import wait_for_jobs
+from tests.support import documents
+from tests.support.text import character_error_rate
+
+pytestmark = pytest.mark.integration
+
+
+def _result(job_id: str, fmt: str) -> bytes:
+    job = jobs.get_job(job_id)
+    assert job is not None
+    key = job.result_markdown_key if fmt == "md" else job.result_json_key
+    assert key is not None, f"job {job_id} has no {fmt} result ({job.state}: {job.error})"
+    return get_storage().get(key)
+
+
+def test_scanned_pdf_is_recognized_under_ten_percent_cer(stack: dict[str, str], tmp_path: Path) -> None:
+    pdf = documents.make_scanned_pdf(
+        tmp_path / "report.pdf", [(documents.SAMPLE_TITLE, documents.SAMPLE_PARAGRAPHS)]
+    )
+    job_id = submit_file(pdf).job_id
+    assert wait_for_jobs([job_id]) == {job_id: "succeeded"}
+
+    markdown = _result(job_id, "md").decode()
+    cer = character_error_rate(documents.sample_text(), markdown)
+    assert cer < 0.10, f"CER {cer:.3f}\n{markdown}"
+
+    document = json.loads(_result(job_id, "json"))
+    (page,) = document["pages"]
+    assert page["page"] == 1 and page["width"] > 1000 and page["height"] > 1000
+    assert page["regions"], "layout found no regions"
+    for region in page["regions"]:
+        assert set(region) >= {"index", "label", "task", "bbox", "bbox_norm", "content", "source", "engine"}
+        assert all(0 <= v <= 1000 for v in region["bbox_norm"])
+    ocr = [r for r in page["regions"] if r["source"] == "ocr"]
+    assert ocr and all(r["engine"].startswith("rapidocr") for r in ocr)
+
+
+def test_bad_inputs_fail_alone_and_the_batch_goes_on(stack: dict[str, str], tmp_path: Path) -> None:
+    good = documents.make_scanned_pdf(tmp_path / "good.pdf", [(None, ["A good page of text."])])
+    digital = documents.make_born_digital_pdf(tmp_path / "digital.pdf", [(None, ["Locked text."])])
+    bad = {
+        "corrupt.pdf": documents.make_corrupt_pdf(tmp_path / "corrupt.pdf", digital),
+        "encrypted.pdf": documents.make_encrypted_pdf(tmp_path / "encrypted.pdf", digital),
+        "empty.pdf": tmp_path / "empty.pdf",
+        "notes.txt": tmp_path / "notes.txt",
+        "program.pdf": tmp_path / "program.pdf",
+    }
+    bad["empty.pdf"].write_bytes(b"")
+    bad["notes.txt"].write_text("just some text, not a document\n")
+    bad["program.pdf"].write_bytes(b"\x7fELF\x02\x01\x01" + bytes(200))
+    batch_id = jobs.create_batch("mixed")
+    good_id = submit_file(good, batch_id=batch_id).job_id
+    bad_ids = {name: submit_file(path, batch_id=batch_id).job_id for name, path in bad.items()}
+
+    states = wait_for_jobs([good_id, *bad_ids.values()])
+    assert states[good_id] == "succeeded"
+    expected = {
+        "corrupt.pdf": "corrupt",
+        "encrypted.pdf": "encrypted",
+        "empty.pdf": "empty",
+        "notes.txt": "plain text",
+        "program.pdf": "executable",
+    }
+    for name, job_id in bad_ids.items():
+        job = jobs.get_job(job_id)
+        assert job is not None
+        assert job.state == "failed", name
+        assert job.error and expected[name] in job.error, (name, job.error)
+
+
+def test_images_and_multipage_tiff(stack: dict[str, str], tmp_path: Path) -> None:
+    pages = [(None, ["First page says hello."]), (None, ["Second page says goodbye."])]
+    files = {
+        "scan.png": documents.make_image(tmp_path / "scan.png", "PNG", None, pages[0][1]),
+        "scan.jpg": documents.make_image(tmp_path / "scan.jpg", "JPEG", None, pages[0][1]),
+        "scan.webp": documents.make_image(tmp_path / "scan.webp", "WEBP", None, pages[0][1]),
+        "scan.tiff": documents.make_multipage_tiff(tmp_path / "scan.tiff", pages),
+    }
+    ids = {name: submit_file(path).job_id for name, path in files.items()}
+    states = wait_for_jobs(list(ids.values()))
+    assert set(states.values()) == {"succeeded"}, states
+    for name, job_id in ids.items():
+        text = _result(job_id, "md").decode().lower()
+        assert "hello" in text, (name, text)
+    tiff = jobs.get_job(ids["scan.tiff"])
+    assert tiff is not None and tiff.pages_total == 2
+    assert "goodbye" in _result(ids["scan.tiff"], "md").decode().lower()

