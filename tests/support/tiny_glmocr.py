@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 # Bump when anything below changes what is written.
-RECIPE_VERSION = "3"
+RECIPE_VERSION = "4"
 STAMP = "tiny_glmocr.json"
 SEED = 1234
 
@@ -66,7 +66,7 @@ CORPUS = [
 CHAT_TEMPLATE = (
     "[gMASK]<sop>"
     "{%- for message in messages -%}"
-    "<|{{ message['role'] }}|>\n"
+    "<|{{ message['role'] }}|>{{ '\\n' }}"
     "{%- if message['content'] is string -%}{{ message['content'] }}"
     "{%- else -%}{%- for item in message['content'] -%}"
     "{%- if item['type'] in ('image', 'image_url') -%}"
@@ -74,7 +74,7 @@ CHAT_TEMPLATE = (
     "{%- elif item['type'] == 'text' -%}{{ item['text'] }}"
     "{%- endif -%}{%- endfor -%}{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|assistant|>\n{%- endif -%}"
+    "{%- if add_generation_prompt -%}<|assistant|>{{ '\\n' }}{%- endif -%}"
 )
 
 # What the trained model answers to each prompt (keys: the task prompt text).

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import math
 import re
+import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from workers.engines.types import RecognitionTask
+from workers.engines.types import RecognitionResult, RecognitionTask
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -283,3 +284,73 @@ def parse_extraction(text: str, template: str | dict[str, Any]) -> Extraction:
     if not isinstance(value, dict):
         return Extraction(data=None, raw=text, error="the answer is not a JSON object")
     return Extraction(data=_conform(value, shape), raw=text)
+
+
+# -- judging an answer --------------------------------------------------------------------
+
+# Finish reasons that mean the answer is incomplete: the region is tried once more, then fails.
+TRUNCATING = frozenset({"length", "repetition", "abort"})
+
+
+def judge(
+    key: str,
+    *,
+    text: str,
+    finish_reason: str | None,
+    prompt_tokens: int | None,
+    completion_tokens: int | None,
+    error: str | None,
+    attempts: int,
+    template: dict[str, Any] | None,
+) -> RecognitionResult:
+    """The result of one attempt: ok only if complete and, for extraction, parsable."""
+    result = RecognitionResult(
+        key=key,
+        content=text,
+        ok=error is None,
+        error=error,
+        finish_reason=finish_reason,
+        truncated=finish_reason in TRUNCATING,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        attempts=attempts,
+    )
+    if result.ok and result.truncated:
+        result.ok = False
+        result.error = f"answer truncated ({finish_reason})"
+    if result.ok and template is not None:
+        parsed = parse_extraction(text, template)
+        result.extra["raw"] = parsed.raw
+        if parsed.ok:
+            result.extra["fields"] = parsed.data
+            result.content = json.dumps(parsed.data, ensure_ascii=False)
+        else:
+            result.ok = False
+            result.error = parsed.error
+    return result
+
+
+def after_retry(first: RecognitionResult, second: RecognitionResult) -> RecognitionResult:
+    """The second attempt's result, remembering what went wrong the first time."""
+    second.attempts = first.attempts + 1
+    second.extra["first_attempt"] = {
+        "finish_reason": first.finish_reason,
+        "error": first.error,
+        "completion_tokens": first.completion_tokens,
+    }
+    return second
+
+
+def retry_sampling(key: str) -> dict[str, Any]:
+    """Sampling for the second try: the GLM-OCR SDK's sampling defaults, seeded by the key.
+
+    Greedy decoding that looped or broke once will do so again; some temperature and a
+    repetition penalty usually get past it, and the seed keeps redeliveries reproducible.
+    """
+    return {
+        "temperature": 0.8,
+        "top_p": 0.9,
+        "top_k": 50,
+        "repetition_penalty": 1.1,
+        "seed": zlib.crc32(key.encode()),
+    }

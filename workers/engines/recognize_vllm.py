@@ -28,7 +28,6 @@ import os
 import queue
 import threading
 import time
-import zlib
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -45,8 +44,6 @@ log = logging.getLogger(__name__)
 
 # How often (in new characters of an answer) the repetition guard looks at it while it grows.
 GUARD_EVERY_CHARS = 32
-# Finish reasons that mean the answer is incomplete: tried once more, then failed.
-TRUNCATING = frozenset({"length", "repetition", "abort"})
 
 
 class EngineDead(RuntimeError):
@@ -138,21 +135,6 @@ class _Prepared:
     error: str | None = None
 
 
-def retry_sampling(key: str) -> dict[str, Any]:
-    """Sampling for the second try: GLM-OCR SDK's sampling defaults, seeded by the key.
-
-    Greedy decoding that looped or broke once will do so again; a little temperature and a
-    repetition penalty usually get past it, and the seed keeps redeliveries reproducible.
-    """
-    return {
-        "temperature": 0.8,
-        "top_p": 0.9,
-        "top_k": 50,
-        "repetition_penalty": 1.1,
-        "seed": zlib.crc32(key.encode()),
-    }
-
-
 GREEDY: dict[str, Any] = {"temperature": 0.0}
 
 
@@ -169,7 +151,12 @@ class VllmRecognizer:
             settings = get_settings()
         self.settings = settings
         self.version = f"glmocr-vllm:{settings.vllm_model}"
+        # Per-instance knobs (tests and benchmarks adjust them on a live engine).
         self.max_tokens = settings.max_tokens
+        self.repetition_window = settings.repetition_window
+        self.repetition_max_repeats = settings.repetition_max_repeats
+        self.peak_in_flight = 0  # most requests in the engine at once (a batching check)
+        self._engine: Any = None
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._ids = itertools.count()
         self._ready = threading.Event()
@@ -218,12 +205,7 @@ class VllmRecognizer:
             second = self._generate_all([prepared[i] for i in again], retry=True)
             for i, generation in zip(again, second, strict=True):
                 retried = self._judge(prepared[i], generation, attempts=2)
-                retried.extra["first_attempt"] = {
-                    "finish_reason": results[i].finish_reason,
-                    "error": results[i].error,
-                    "completion_tokens": results[i].completion_tokens,
-                }
-                results[i] = retried
+                results[i] = glmocr.after_retry(results[i], retried)
         return results
 
     def close(self) -> None:
@@ -268,7 +250,7 @@ class VllmRecognizer:
             if item.prompt is None:
                 jobs.append(None)
                 continue
-            sampling = retry_sampling(item.request.key) if retry else dict(GREEDY)
+            sampling = glmocr.retry_sampling(item.request.key) if retry else dict(GREEDY)
             job = _Job(
                 request_id=f"{item.request.key}#{next(self._ids)}",
                 prompt=item.prompt,
@@ -291,33 +273,16 @@ class VllmRecognizer:
         return out
 
     def _judge(self, item: _Prepared, gen: Generation, *, attempts: int) -> RecognitionResult:
-        """The result of one attempt: ok only if complete (and, for extraction, parsable)."""
-        result = RecognitionResult(
-            key=item.request.key,
-            content=gen.text,
-            ok=gen.error is None,
-            error=gen.error,
+        return glmocr.judge(
+            item.request.key,
+            text=gen.text,
             finish_reason=gen.finish_reason,
-            truncated=gen.finish_reason in TRUNCATING,
             prompt_tokens=gen.prompt_tokens,
             completion_tokens=gen.completion_tokens if gen.error is None else None,
+            error=gen.error,
             attempts=attempts,
+            template=item.template,
         )
-        if result.ok and result.truncated:
-            result.ok = False
-            result.error = f"answer truncated ({gen.finish_reason})"
-        if result.ok and item.template is not None:
-            parsed = glmocr.parse_extraction(gen.text, item.template)
-            result.extra["raw"] = parsed.raw
-            if parsed.ok:
-                result.extra["fields"] = parsed.data
-                import json
-
-                result.content = json.dumps(parsed.data, ensure_ascii=False)
-            else:
-                result.ok = False
-                result.error = parsed.error
-        return result
 
     # -- engine thread ----------------------------------------------------------------
 
@@ -331,6 +296,7 @@ class VllmRecognizer:
             self._error = exc
             self._ready.set()
             return
+        self._engine = engine
         self._ready.set()
         try:
             self._loop(engine, sampling_cls, running)
@@ -339,6 +305,7 @@ class VllmRecognizer:
             self._error = exc
         finally:
             self._fail_all(running)
+            self._engine = None
             del engine
             import gc
 
@@ -375,6 +342,7 @@ class VllmRecognizer:
             job.future.set_exception(exc)
             return
         running[job.request_id] = job
+        self.peak_in_flight = max(self.peak_in_flight, len(running))
 
     def _loop(self, engine: Any, sampling_cls: Any, running: dict[str, _Job]) -> None:
         while True:
@@ -424,9 +392,7 @@ class VllmRecognizer:
 
     def _runaway(self, text: str) -> glmocr.Runaway | None:
         return glmocr.find_runaway(
-            text,
-            window=self.settings.repetition_window,
-            max_repeats=self.settings.repetition_max_repeats,
+            text, window=self.repetition_window, max_repeats=self.repetition_max_repeats
         )
 
     def _finish(self, job: _Job, running: dict[str, _Job], *, guard: bool) -> None:
