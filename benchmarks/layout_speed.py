@@ -43,7 +43,7 @@ def measure(engine: Any, pages: list[tuple[str, np.ndarray]], repeat: int) -> di
     start = time.perf_counter()
     engine.detect(pages[0][1])
     first_ms = (time.perf_counter() - start) * 1000
-    per_page = []
+    per_page: list[dict[str, Any]] = []
     for page_id, image in pages:
         runs = []
         for _ in range(repeat):
@@ -58,7 +58,7 @@ def measure(engine: Any, pages: list[tuple[str, np.ndarray]], repeat: int) -> di
                 "regions": len(regions),
             }
         )
-    ms = [p["ms"] for p in per_page]
+    ms: list[float] = [float(p["ms"]) for p in per_page]
     return {
         "engine": engine.name,
         "version": engine.version,

@@ -313,12 +313,12 @@ def detect_columns(
             i += 1
     gutter_bins = min_gutter * page_width / _BIN
     merged: list[tuple[int, int]] = []
-    for a, b in runs:
-        if merged and a - merged[-1][1] < gutter_bins:
-            merged[-1] = (merged[-1][0], b)
+    for lo, hi in runs:
+        if merged and lo - merged[-1][1] < gutter_bins:
+            merged[-1] = (merged[-1][0], hi)
         else:
-            merged.append((a, b))
-    return [(left + a * _BIN, min(right, left + b * _BIN)) for a, b in merged]
+            merged.append((lo, hi))
+    return [(left + lo * _BIN, min(right, left + hi * _BIN)) for lo, hi in merged]
 
 
 def _column_of(box: Box, columns: Sequence[tuple[float, float]]) -> int:
