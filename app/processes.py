@@ -73,11 +73,16 @@ def start(
     return subprocess.Popen(list(argv), env=env, start_new_session=True)
 
 
-def stop(processes: Sequence[subprocess.Popen[bytes]], timeout: float = 20.0) -> None:
-    """SIGTERM (Celery's warm shutdown), then SIGKILL to the process group after `timeout`."""
+def stop(
+    processes: Sequence[subprocess.Popen[bytes]], timeout: float = 20.0, *, idle: bool = False
+) -> None:
+    """SIGTERM (Celery's warm shutdown: finish what is running), then SIGKILL to the process
+    group after `timeout`. With idle=True the caller knows the workers hold no work (every
+    job has ended), so they are killed at once rather than waiting seconds for a warm
+    shutdown; were a message unacknowledged, the broker would still hand it out again."""
     for process in processes:
         if process.poll() is None:
-            _signal_group(process, signal.SIGTERM)
+            _signal_group(process, signal.SIGKILL if idle else signal.SIGTERM)
     deadline = time.monotonic() + timeout
     for process in processes:
         remaining = max(0.1, deadline - time.monotonic())

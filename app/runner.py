@@ -63,6 +63,7 @@ def run_documents(
         submitted = {submit_file(p, batch_id=batch_id, options=options).job_id: p for p in files}
         console.print(f"{len(files)} documents submitted as batch {batch_id}")
         _wait_for(list(submitted), on_idle=lambda: _check_alive(processes))
+        stop(processes, idle=True)
     finally:
         stop(processes)
     return _write_outputs(submitted, names, out, console)

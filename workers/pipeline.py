@@ -253,24 +253,21 @@ def _text_layer(
     regions: list[LayoutRegion],
     options: PageOptions,
 ) -> RegionTexts:
-    """In `auto` mode, text regions whose text layer passes the trust check take it instead
-    of OCR; in `text` mode every recognizable region does; `ocr` never reads it."""
+    """In `auto` mode, regions whose text layer passes the trust check take it instead of OCR
+    (so a born-digital page never waits for the recognizer); in `text` mode every region
+    does; `ocr` never reads it."""
     if media_type != PDF or options.text_mode == "ocr" or options.extract:
         return RegionTexts()
     from workers.textlayer import read_region_texts
 
     layer = read_region_texts(path, number - 1, scale, [r.bbox for r in regions])
     by_index: dict[int, str] = {}
-    for index, (region, found) in enumerate(zip(regions, layer.regions, strict=True)):
+    for index, found in enumerate(layer.regions):
         if options.text_mode == "text":
             by_index[index] = found.text
-        elif found.trusted and region.label not in _OCR_ALWAYS:
+        elif found.trusted:
             by_index[index] = found.text
     return RegionTexts(status=layer.status, by_index=by_index)
-
-
-# Labels whose text layer loses what OCR gives (LaTeX, table structure).
-_OCR_ALWAYS = frozenset({"display_formula", "inline_formula", "table"})
 
 
 # -- recognize -------------------------------------------------------------------------
