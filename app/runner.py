@@ -45,7 +45,6 @@ def run_documents(
     from app.cli import _wait_for  # the same progress bar as `submit --wait`
     from app.submit import expand_paths, submit_file
 
-    settings = get_settings()
     try:
         files = expand_paths(docs)
     except FileNotFoundError as exc:

@@ -51,17 +51,18 @@ def spool(source: IO[bytes], limit: int, folder: Path | None = None) -> tuple[Pa
     """Copies a stream to a temporary file while hashing it; FileTooLarge past `limit`."""
     digest = hashlib.sha256()
     size = 0
-    handle = tempfile.NamedTemporaryFile(delete=False, dir=folder, prefix="upload-")
-    with handle:
+    with tempfile.NamedTemporaryFile(delete=False, dir=folder, prefix="upload-") as handle:
+        path = Path(handle.name)
         while chunk := source.read(1 << 20):
             size += len(chunk)
             if size > limit:
-                handle.close()
-                Path(handle.name).unlink(missing_ok=True)
-                raise FileTooLarge(f"file too large: over {limit} bytes")
+                break
             digest.update(chunk)
             handle.write(chunk)
-    return Path(handle.name), digest.hexdigest(), size
+    if size > limit:
+        path.unlink(missing_ok=True)
+        raise FileTooLarge(f"file too large: over {limit} bytes")
+    return path, digest.hexdigest(), size
 
 
 def submit_file(

@@ -158,10 +158,10 @@ def _formula_numbers(regions: Sequence[AssemblyRegion]) -> dict[int, int]:
         if region.label != "formula_number" or not (region.content or "").strip():
             continue
         for neighbour in (position - 1, position + 1):
-            if 0 <= neighbour < len(regions) and regions[neighbour].task == "formula":
-                if neighbour not in pairs:
-                    pairs[neighbour] = position
-                    break
+            in_page = 0 <= neighbour < len(regions)
+            if in_page and regions[neighbour].task == "formula" and neighbour not in pairs:
+                pairs[neighbour] = position
+                break
     return pairs
 
 
