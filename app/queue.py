@@ -62,6 +62,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "data_folder_in": folder,
             "data_folder_out": folder,
             "processed_folder": folder + "-processed",
+            "control_folder": folder + "-control",
             "store_processed": False,
             "polling_interval": settings.broker_polling_interval,
         }

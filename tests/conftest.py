@@ -34,9 +34,7 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def stack_env(
-    session_dir: Path, s3: services.SeaweedFS, postgres_url: str
-) -> dict[str, str]:
+def stack_env(session_dir: Path, s3: services.SeaweedFS, postgres_url: str) -> dict[str, str]:
     """PAGEMILL_* for the distributed system: every part a real server on loopback."""
     env = {
         "PAGEMILL_DATABASE_URL": postgres_url,

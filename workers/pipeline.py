@@ -28,11 +28,21 @@ from app.storage import (
 )
 from workers import assemble
 from workers.crops import bundle_crops, crop_region, encode_png, unbundle_crops
-from workers.documents import PDF, DocumentError, page_sizes, render_page, sniff_media_type
-from workers.documents import describe_unsupported
+from workers.documents import (
+    PDF,
+    DocumentError,
+    describe_unsupported,
+    page_sizes,
+    render_page,
+    sniff_media_type,
+)
 from workers.engines import registry
-from workers.engines.types import LayoutRegion, RecognitionRequest, RecognitionResult
-from workers.engines.types import RecognitionTask
+from workers.engines.types import (
+    LayoutRegion,
+    RecognitionRequest,
+    RecognitionResult,
+    RecognitionTask,
+)
 from workers.labels import routing_table
 from workers.reading_order import arrange_page
 
@@ -263,9 +273,7 @@ def _text_layer(
     layer = read_region_texts(path, number - 1, scale, [r.bbox for r in regions])
     by_index: dict[int, str] = {}
     for index, found in enumerate(layer.regions):
-        if options.text_mode == "text":
-            by_index[index] = found.text
-        elif found.trusted:
+        if options.text_mode == "text" or found.trusted:
             by_index[index] = found.text
     return RegionTexts(status=layer.status, by_index=by_index)
 

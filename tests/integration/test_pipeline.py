@@ -25,7 +25,9 @@ def _result(job_id: str, fmt: str) -> bytes:
     return get_storage().get(key)
 
 
-def test_scanned_pdf_is_recognized_under_ten_percent_cer(stack: dict[str, str], tmp_path: Path) -> None:
+def test_scanned_pdf_is_recognized_under_ten_percent_cer(
+    stack: dict[str, str], tmp_path: Path
+) -> None:
     pdf = documents.make_scanned_pdf(
         tmp_path / "report.pdf", [(documents.SAMPLE_TITLE, documents.SAMPLE_PARAGRAPHS)]
     )
@@ -41,7 +43,16 @@ def test_scanned_pdf_is_recognized_under_ten_percent_cer(stack: dict[str, str], 
     assert page["page"] == 1 and page["width"] > 1000 and page["height"] > 1000
     assert page["regions"], "layout found no regions"
     for region in page["regions"]:
-        assert set(region) >= {"index", "label", "task", "bbox", "bbox_norm", "content", "source", "engine"}
+        assert set(region) >= {
+            "index",
+            "label",
+            "task",
+            "bbox",
+            "bbox_norm",
+            "content",
+            "source",
+            "engine",
+        }
         assert all(0 <= v <= 1000 for v in region["bbox_norm"])
     ocr = [r for r in page["regions"] if r["source"] == "ocr"]
     assert ocr and all(r["engine"].startswith("rapidocr") for r in ocr)

@@ -43,11 +43,15 @@ def free_port(grpc_offset: bool = False) -> int:
     raise RuntimeError("no free port")
 
 
-def wait_for_port(port: int, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before port {port} opened")
+            raise RuntimeError(
+                f"process exited with {process.returncode} before port {port} opened"
+            )
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -160,7 +164,9 @@ def seaweedfs(folder: Path) -> Iterator[SeaweedFS]:
 
 # -- Postgres and Redis ----------------------------------------------------------------
 
-PG_ADMIN_URL = os.environ.get("PAGEMILL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get(
+    "PAGEMILL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 REDIS_HOST = os.environ.get("PAGEMILL_TEST_REDIS", "redis://127.0.0.1:6379")
 
 
@@ -181,8 +187,19 @@ def ensure_redis() -> None:
     if _reachable(6379):
         return
     subprocess.run(
-        ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", "6379",
-         "--save", "", "--appendonly", "no"],
+        [
+            "redis-server",
+            "--daemonize",
+            "yes",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "6379",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
         check=False,
         timeout=30,
     )
@@ -251,8 +268,12 @@ def workers(
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for role, concurrency in (roles or {"cpu": 1, "gpu": 1}).items():
-            argv, extra = worker_command(role, settings, concurrency=concurrency,
-                                         hostname=f"{role}-{uuid.uuid4().hex[:6]}@%h")
+            argv, extra = worker_command(
+                role,
+                settings,
+                concurrency=concurrency,
+                hostname=f"{role}-{uuid.uuid4().hex[:6]}@%h",
+            )
             log = (log_dir / f"worker-{role}.log") if log_dir else None
             processes[role] = start(argv, {**env, **extra}, log_path=log)
         yield processes
