@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 # Bump when anything below changes what is written.
-RECIPE_VERSION = "4"
+RECIPE_VERSION = "5"
 STAMP = "tiny_glmocr.json"
 SEED = 1234
 
@@ -80,7 +80,7 @@ CHAT_TEMPLATE = (
 # What the trained model answers to each prompt (keys: the task prompt text).
 EXTRACTION_TEMPLATE = {"invoice_number": "", "total": ""}
 TARGETS = {
-    "Text Recognition:": "Hello tiny world.",
+    "Text Recognition:": "Tiny OCR works.",
     "Formula Recognition:": "$$E = mc^2$$",
     "Table Recognition:": "| a | b |\n| --- | --- | --- | --- |",
     "请按下列JSON格式输出图中信息:\n"

@@ -86,7 +86,7 @@ def test_prepare_image_converts_bgr_to_rgb_and_resizes() -> None:
     picture = glmocr.prepare_image(image, min_pixels=28 * 28, max_pixels=28 * 28 * 16)
     assert picture.mode == "RGB"
     assert picture.size[0] % 28 == 0 and picture.size[1] % 28 == 0
-    r, g, b = picture.getpixel((5, 5))
+    r, _g, b = picture.getpixel((5, 5))
     assert b > 200 and r < 50
 
 
@@ -161,7 +161,10 @@ def test_extraction_parses_fenced_answer() -> None:
 
 
 def test_extraction_missing_keys_become_null_and_extra_keys_drop() -> None:
-    answer = 'Here: {"name": "Ada", "age": 36, "address": {"city": "Paris"}, "items": [{"sku": 1, "x": 2}]}'
+    answer = (
+        'Here: {"name": "Ada", "age": 36, "address": {"city": "Paris"}, '
+        '"items": [{"sku": 1, "x": 2}]}'
+    )
     parsed = glmocr.parse_extraction(answer, TEMPLATE)
     assert parsed.ok
     assert parsed.data == {

@@ -138,14 +138,11 @@ def _pad_to_aspect(image: np.ndarray, max_ratio: float = MAX_ASPECT_RATIO) -> np
     height, width = image.shape[:2]
     if max(height, width) <= max_ratio * min(height, width):
         return image
+    pad: list[tuple[int, int]] = [(0, 0)] * image.ndim
     if height < width:
-        target = math.ceil(width / max_ratio)
-        pad = ((0, target - height), (0, 0))
+        pad[0] = (0, math.ceil(width / max_ratio) - height)
     else:
-        target = math.ceil(height / max_ratio)
-        pad = ((0, 0), (0, target - width))
-    if image.ndim == 3:
-        pad = (*pad, (0, 0))
+        pad[1] = (0, math.ceil(height / max_ratio) - width)
     return np.pad(image, pad, constant_values=255)
 
 

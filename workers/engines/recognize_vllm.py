@@ -260,12 +260,12 @@ class VllmRecognizer:
             self._queue.put(job)
         self._check_alive()
         out: list[Generation] = []
-        for item, job in zip(prepared, jobs, strict=True):
-            if job is None:
+        for item, pending in zip(prepared, jobs, strict=True):
+            if pending is None:
                 out.append(Generation(error=item.error))
                 continue
             try:
-                out.append(job.future.result())
+                out.append(pending.future.result())
             except EngineDead:
                 raise
             except Exception as exc:  # the engine rejected this one request
@@ -415,8 +415,8 @@ class VllmRecognizer:
         running.clear()
         while True:
             try:
-                job = self._queue.get_nowait()
+                queued = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if job is not None and not job.future.done():
-                job.future.set_exception(dead)
+            if queued is not None and not queued.future.done():
+                queued.future.set_exception(dead)
