@@ -108,3 +108,20 @@ def test_images_and_multipage_tiff(stack: dict[str, str], tmp_path: Path) -> Non
     tiff = jobs.get_job(ids["scan.tiff"])
     assert tiff is not None and tiff.pages_total == 2
     assert "goodbye" in _result(ids["scan.tiff"], "md").decode().lower()
+
+
+def test_oversized_upload_fails_with_the_limit_in_its_error(
+    stack: dict[str, str], tmp_path: Path
+) -> None:
+    from tests.support.services import configure
+
+    big = tmp_path / "big.pdf"
+    big.write_bytes(b"%PDF-1.7\n" + bytes(4096))
+    configure({**stack, "PAGEMILL_MAX_UPLOAD_BYTES": "1024"})
+    try:
+        job_id = submit_file(big).job_id
+    finally:
+        configure(stack)
+    job = jobs.get_job(job_id)
+    assert job is not None and job.state == "failed"
+    assert job.error and "too large" in job.error and "1024" in job.error
