@@ -68,7 +68,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         }
     else:
         # Redis redelivers an unacknowledged message after this long; longer than any task.
-        config["broker_transport_options"] = {"visibility_timeout": 3600}
+        config["broker_transport_options"] = {
+            "visibility_timeout": settings.broker_visibility_timeout
+        }
     return config
 
 

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     database_url: str | None = None  # default: sqlite:///<data_dir>/pagemill.db
     broker_url: str | None = None  # default: filesystem broker under <data_dir>/broker
     broker_polling_interval: float = 0.02  # filesystem broker only
+    # Redis hands an unacknowledged message to another worker after this long: the time to
+    # recover work from a worker machine that died. Longer than any task may run.
+    broker_visibility_timeout: int = 3600
 
     # Object storage: S3 when s3_endpoint or s3_bucket is set, else a local folder.
     s3_endpoint: str | None = None
