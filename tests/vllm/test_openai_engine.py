@@ -8,22 +8,23 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
 from app.settings import Settings
 from tests.support.tiny_glmocr import EXTRACTION_TEMPLATE, TARGETS, build_tiny_glmocr
+from tests.support.vllm_serve import (
+    ServerFailed,
+    free_port,
+    start,
+    stop,
+    tiny_server_args,
+    wait_ready,
+)
 from workers.engines.recognize_openai import OpenAIRecognizer
 from workers.engines.types import RecognitionRequest, RecognitionResult, RecognitionTask
 
@@ -38,86 +39,26 @@ SERVED_NAME = "tiny-glmocr"
 STARTUP_TIMEOUT = 240.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL of a running `vllm serve` of the tiny model; stopped after the module."""
     model = build_tiny_glmocr(SCRATCH / "tiny-glmocr")
     port = free_port()
-    scratch = SCRATCH / "openai-tests"
-    for sub in ("vllm", "tmp"):
-        (scratch / sub).mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.update(
-        VLLM_CPU_KVCACHE_SPACE="1",
-        VLLM_CACHE_ROOT=str(scratch / "vllm"),
-        TMPDIR=str(scratch / "tmp"),
-        VLLM_NO_USAGE_STATS="1",
-    )
     log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
-    command = [
-        sys.executable,
-        "-m",
-        "workers.engines.vllm_server",
-        str(model),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--served-model-name",
-        SERVED_NAME,
-        "--enforce-eager",
-        "--max-model-len",
-        "1024",
-        "--dtype",
-        "float32",
-        "--distributed-executor-backend",
-        "uni",
-        "--limit-mm-per-prompt",
-        '{"image": 1}',
-    ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        base_url = f"http://127.0.0.1:{port}/v1"
-        try:
-            deadline = time.monotonic() + STARTUP_TIMEOUT
-            while True:
-                if process.poll() is not None:
-                    pytest.fail(f"vLLM server exited ({process.returncode}):\n{tail(log_path)}")
-                try:
-                    if httpx.get(f"{base_url}/models", timeout=2.0).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"vLLM server not up in {STARTUP_TIMEOUT:.0f} s:\n{tail(log_path)}")
-                time.sleep(0.5)
-            yield base_url
-        finally:
-            stop(process)
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the server's own process group (it has an engine child), then SIGKILL."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
+    process = start(
+        tiny_server_args(model, port, SERVED_NAME),
+        scratch=SCRATCH / "openai-tests",
+        log_path=log_path,
+    )
+    base_url = f"http://127.0.0.1:{port}/v1"
     try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
+        try:
+            wait_ready(process, base_url, timeout=STARTUP_TIMEOUT, log_path=log_path)
+        except ServerFailed as exc:
+            pytest.fail(str(exc))
+        yield base_url
+    finally:
+        stop(process)
 
 
 def make_recognizer(base_url: str, **overrides: object) -> OpenAIRecognizer:
