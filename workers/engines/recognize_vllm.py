@@ -143,8 +143,18 @@ class VllmRecognizer:
 
     name = "vllm"
 
-    def __init__(self, settings: Settings | None = None, *, startup_timeout: float = 1800.0):
-        """Builds the engine (blocking until it is loaded); raises if it cannot start."""
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        startup_timeout: float = 1800.0,
+        stall_seconds: float = 600.0,
+    ):
+        """Builds the engine (blocking until it is loaded); raises EngineDead if it cannot.
+
+        `stall_seconds`: with requests in flight and no engine step finishing for this
+        long, `healthy()` reports the engine as hung.
+        """
         if settings is None:
             from app.settings import get_settings
 
@@ -156,6 +166,9 @@ class VllmRecognizer:
         self.repetition_window = settings.repetition_window
         self.repetition_max_repeats = settings.repetition_max_repeats
         self.peak_in_flight = 0  # most requests in the engine at once (a batching check)
+        self.in_flight = 0
+        self.stall_seconds = stall_seconds
+        self._heartbeat = time.monotonic()
         self._engine: Any = None
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._ids = itertools.count()
@@ -175,14 +188,18 @@ class VllmRecognizer:
     # -- public API -------------------------------------------------------------------
 
     def healthy(self) -> bool:
-        """True while the engine thread runs and has not failed."""
-        return self._error is None and self._thread.is_alive() and not self._closing.is_set()
+        """True while the engine thread runs, has not failed and is not stuck in a step."""
+        if self._error is not None or self._closing.is_set() or not self._thread.is_alive():
+            return False
+        stalled = time.monotonic() - self._heartbeat > self.stall_seconds
+        return not (self.in_flight and stalled)
 
     def warmup(self) -> RecognitionResult:
-        """One real request through the whole path; raises EngineDead if it does not answer.
+        """One real request through the whole path; raises EngineDead if the engine fails.
 
-        The worker reports ready only after this: it compiles/allocates what the first
-        request would, and proves the model answers.
+        The worker reports ready only after this: it allocates what the first request
+        would, and proves the engine answers. The result's `ok` tells whether the model's
+        answer was clean (a blank test crop may legitimately give an odd answer).
         """
         import numpy as np
 
@@ -359,6 +376,8 @@ class VllmRecognizer:
                 self._admit(engine, sampling_cls, job, running)
             if self._closing.is_set():
                 return
+            self.in_flight = len(running)
+            self._heartbeat = time.monotonic()
             if not engine.has_unfinished_requests():
                 continue
             for output in engine.step():
