@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from workers.engines import glmocr
+from workers.engines.recognize_vllm import EngineDead
 from workers.engines.types import RecognitionRequest, RecognitionResult, RecognitionTask
 
 if TYPE_CHECKING:
@@ -40,8 +41,12 @@ BACKOFF_MAX = 30.0
 RETRY_AFTER_MAX = 120.0  # never sleep longer than this on a server's say-so
 
 
-class ServerUnavailable(RuntimeError):
-    """The server did not answer usefully after all HTTP retries."""
+class ServerUnavailable(EngineDead):
+    """The server did not answer usefully after all HTTP retries.
+
+    recognize() never raises it (a region fails instead: an outage may be brief); warmup()
+    does, and as an EngineDead the worker treats it like a dead in-process engine.
+    """
 
 
 @dataclass(slots=True)
