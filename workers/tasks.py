@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.signals import worker_init, worker_process_init
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -23,6 +24,7 @@ from app.queue import ASSEMBLE, PAGE, PREPARE, RECOGNIZE, get_celery, send
 from app.settings import get_settings
 from app.storage import StorageError
 from workers import pipeline
+from workers.engines.base import EngineDead
 
 log = logging.getLogger(__name__)
 celery_app = get_celery()
@@ -43,6 +45,8 @@ def _run(
 ) -> None:
     try:
         messages = work()
+    except EngineDead as exc:
+        _engine_died(exc)
     except TRANSIENT as exc:
         log.warning("transient error in %s, retrying: %s", task.name, exc)
         raise task.retry(
@@ -94,6 +98,19 @@ def assemble(self: Task, job_id: str) -> None:
     _run(self, lambda: pipeline.assemble_job(job_id, settings), give_up)
 
 
+EXIT_ENGINE_DEAD = 3
+
+
+def _engine_died(exc: BaseException) -> None:
+    """The engine is gone: hand the message back to the broker and end the process
+    non-zero, so the supervisor starts a fresh worker with a fresh engine."""
+    log.critical("engine died, the worker exits: %s", exc)
+    # Leave time for the rejections of every message this worker holds to reach the broker;
+    # whatever does not is still unacknowledged and returns after the visibility timeout.
+    threading.Timer(2.0, os._exit, args=(EXIT_ENGINE_DEAD,)).start()
+    raise Reject(str(exc), requeue=True)
+
+
 def _preload(**_: Any) -> None:
     """Builds the engines before the first message, so a gpu worker reports ready only with a
     warm engine and a broken engine stops the worker at start-up, not mid-job."""
@@ -102,14 +119,25 @@ def _preload(**_: Any) -> None:
         return
     from workers.engines import registry
 
+    if not logging.getLogger().handlers:
+        # worker_init runs before Celery sets up logging; the warm-up must still be visible.
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s] %(message)s")
     settings = get_settings()
-    if role == "gpu":
-        engine = registry.recognizer(settings)
-        warmup = getattr(engine, "warmup", None)
-        if warmup is not None:
-            warmup()
-    elif role == "cpu":
-        registry.layout_engine(settings)
+    try:
+        if role == "gpu":
+            engine = registry.recognizer(settings)
+            warmup = getattr(engine, "warmup", None)
+            if warmup is not None:
+                warmup()
+            log.info("recognizer %s/%s is warm", engine.name, engine.version)
+        elif role == "cpu":
+            registry.layout_engine(settings)
+    except Exception:
+        # Celery only logs errors in signal handlers; a worker without a working engine
+        # must not report ready and take messages.
+        log.critical("the %s engine failed to start; the worker exits", role, exc_info=True)
+        logging.shutdown()
+        os._exit(EXIT_ENGINE_DEAD)
 
 
 # Prefork children build their own engines; threads and solo pools build them once.

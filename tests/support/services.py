@@ -256,15 +256,29 @@ def configure(env: Mapping[str, str]) -> None:
     storage._storages.clear()
 
 
+def settings_for(env: Mapping[str, str]) -> object:
+    """The Settings a process started with `env` (and no other PAGEMILL_* variable) sees."""
+    from app.settings import Settings
+
+    saved = dict(os.environ)
+    try:
+        for key in [k for k in os.environ if k.startswith("PAGEMILL_")]:
+            del os.environ[key]
+        os.environ.update(env)
+        return Settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @contextmanager
 def workers(
     env: Mapping[str, str], roles: Mapping[str, int] | None = None, log_dir: Path | None = None
 ) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     """Real Celery workers in their own processes, started the way `pagemill worker` does."""
     from app.processes import start, stop, worker_command
-    from app.settings import Settings
 
-    settings = Settings()
+    settings = settings_for(env)
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for role, concurrency in (roles or {"cpu": 1, "gpu": 1}).items():

@@ -10,6 +10,11 @@ import numpy as np
 from workers.engines.types import LayoutRegion, RecognitionRequest, RecognitionResult
 
 
+class EngineDead(RuntimeError):
+    """The engine stopped working. The worker process exits non-zero so its supervisor
+    restarts it; the messages it held go back to the queue."""
+
+
 class LayoutEngine(Protocol):
     name: str
     version: str

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from workers.engines import glmocr
-from workers.engines.recognize_vllm import EngineDead
+from workers.engines.base import EngineDead
 from workers.engines.types import RecognitionRequest, RecognitionResult, RecognitionTask
 
 if TYPE_CHECKING:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workers.engines import glmocr
+from workers.engines.base import EngineDead
 from workers.engines.types import RecognitionRequest, RecognitionResult, RecognitionTask
 
 if TYPE_CHECKING:
@@ -44,10 +45,6 @@ log = logging.getLogger(__name__)
 
 # How often (in new characters of an answer) the repetition guard looks at it while it grows.
 GUARD_EVERY_CHARS = 32
-
-
-class EngineDead(RuntimeError):
-    """The vLLM engine stopped working; the process must be restarted."""
 
 
 def scratch_dir(settings: Settings) -> Path:

@@ -41,11 +41,11 @@ def build_recognizer(settings: Settings) -> Recognizer:
     if settings.recognizer == "vllm":
         from workers.engines.recognize_vllm import VllmRecognizer
 
-        return VllmRecognizer.from_settings(settings)
+        return VllmRecognizer(settings)
     if settings.recognizer == "openai":
         from workers.engines.recognize_openai import OpenAIRecognizer
 
-        return OpenAIRecognizer.from_settings(settings)
+        return OpenAIRecognizer(settings)
     from workers.engines.recognize_rapidocr import RapidOcrRecognizer
 
     return RapidOcrRecognizer()
