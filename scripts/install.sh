@@ -15,4 +15,16 @@ if "$VENV/bin/python" -m pip show -q opencv-python >/dev/null 2>&1; then
   "$VENV/bin/python" -m pip uninstall -q -y opencv-python
   "$VENV/bin/python" -m pip install -q --force-reinstall --no-deps "opencv-python-headless==5.0.0.93"
 fi
+# PDFs often use CJK fonts without embedding them; pdfium then needs the system's fonts, or
+# those pages render without their glyphs. Installed when missing and we may (root + apt).
+if ! ls /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq fonts-noto-cjk >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq fonts-noto-cjk >/dev/null; }
+  else
+    echo "warning: fonts-noto-cjk is not installed; CJK pages with non-embedded fonts" \
+         "will render without their glyphs" >&2
+  fi
+fi
 echo "installed into $VENV"
