@@ -109,9 +109,11 @@ def suppress_duplicates(
     between two classes). When one of two same-label regions lies `containment` or more
     inside the other (a block detected whole and in part), they merge: the kept,
     higher-scoring region takes the union box, so a title is not cut to its fragment.
-    Nested regions of different labels (a formula inside a paragraph) both stay. Survivors
-    keep the input order.
+    Nested regions of different labels (a formula inside a paragraph) both stay, except
+    inside a table, figure or chart: those are read (or kept) whole, so what lies within
+    one is dropped rather than read twice. Survivors keep the input order.
     """
+    regions = _drop_nested_in_blocks(regions, containment)
     order = sorted(range(len(regions)), key=lambda i: -regions[i].score)
     kept: dict[int, LayoutRegion] = {}
     for i in order:
@@ -138,6 +140,29 @@ def suppress_duplicates(
         if not duplicate:
             kept[i] = r
     return [kept[i] for i in sorted(kept)]
+
+
+# Regions recognized or kept as one block: anything nested in one is part of it.
+BLOCK_LABELS = frozenset({"table", "image", "chart"})
+
+
+def _drop_nested_in_blocks(
+    regions: Sequence[LayoutRegion], containment: float
+) -> list[LayoutRegion]:
+    blocks = [r for r in regions if r.label in BLOCK_LABELS]
+    kept = []
+    for r in regions:
+        area = _area(r.bbox)
+        inside = any(
+            b is not r
+            and r.label not in BLOCK_LABELS
+            and area > 0
+            and _intersection(r.bbox, b.bbox) / area >= containment
+            for b in blocks
+        )
+        if not inside:
+            kept.append(r)
+    return kept
 
 
 # -- title refinement -------------------------------------------------------------------

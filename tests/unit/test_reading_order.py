@@ -211,3 +211,16 @@ def test_narrow_title_over_the_gutter_does_not_hide_the_columns() -> None:
         R("r2", (880, 1050, 1550, 2000)),
     ]
     assert names(order_regions(regions, W, H)) == ["title", "l1", "l2", "r1", "r2"]
+
+
+def test_regions_nested_in_a_table_or_figure_are_not_read_twice() -> None:
+    from workers.engines.types import LayoutRegion
+    from workers.reading_order import suppress_duplicates
+
+    table = LayoutRegion("table", (100, 100, 900, 600), 0.9)
+    inner_text = LayoutRegion("text", (120, 120, 880, 300), 0.95)
+    figure = LayoutRegion("image", (100, 700, 900, 1000), 0.8)
+    figure_label = LayoutRegion("text", (150, 750, 300, 780), 0.7)
+    outside = LayoutRegion("text", (100, 1100, 900, 1300), 0.9)
+    kept = suppress_duplicates([table, inner_text, figure, figure_label, outside])
+    assert kept == [table, figure, outside]
