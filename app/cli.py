@@ -369,8 +369,8 @@ def worker(
         pass
     finally:
         stop(processes)
-    codes = [p.returncode for p in processes]
-    raise typer.Exit(next((c for c in codes if c), 0))
+    failed = [p.returncode for p in processes if p.returncode]
+    raise typer.Exit((failed[0] if failed[0] > 0 else 1) if failed else 0)
 
 
 @cli.command()
