@@ -63,7 +63,8 @@ class Settings(BaseSettings):
     paddlex_batch_size: int = 1
     paddlex_threshold: float | dict[str, float] = 0.3  # one value, or per label
     paddlex_layout_nms: bool = True
-    paddlex_merge_mode: str = "large"  # layout_merge_bboxes_mode: large | small | union
+    # layout_merge_bboxes_mode: large | small | union, or per label as GLM-OCR configures it.
+    paddlex_merge_mode: str | dict[str, str] = "large"
     paddlex_layout_shape_mode: str = "auto"
 
     # -- recognition -------------------------------------------------------------------
