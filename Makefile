@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DOCS ?= samples
 OUT ?= out
 
-.PHONY: install install-vllm run test lint bench bench-vllm bench-accuracy clean
+.PHONY: install install-vllm run test lint bench bench-accuracy bench-layout bench-vllm clean
 
 $(BIN)/pagemill: pyproject.toml scripts/install.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/install.sh
@@ -28,8 +28,20 @@ lint: install
 	$(BIN)/ruff format --check app workers tests benchmarks
 	$(BIN)/mypy
 
+# Benchmarks print their numbers and write them to benchmarks/results/.
 bench: install
-	$(BIN)/python -m benchmarks.pipeline
+	$(BIN)/python -m benchmarks.pipeline --mode ocr
+	$(BIN)/python -m benchmarks.pipeline --mode auto
+
+bench-accuracy: install
+	$(BIN)/python -m benchmarks.accuracy
+
+bench-layout: install
+	$(BIN)/python -m benchmarks.layout_speed
+
+bench-vllm: install-vllm
+	$(BIN)/python -m benchmarks.recognize --engine vllm --n 32
+	$(BIN)/python -m benchmarks.recognize --engine openai --n 32
 
 clean:
 	rm -rf $(VENV) .pagemill out .scratch
