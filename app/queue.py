@@ -70,6 +70,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         config["broker_transport_options"] = {
             "visibility_timeout": settings.broker_visibility_timeout
         }
+        if settings.broker_key_prefix:
+            config["broker_transport_options"]["global_keyprefix"] = settings.broker_key_prefix
     return config
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
@@ -20,15 +21,26 @@ from app.storage import get_storage
 
 
 def _output_names(files: list[Path], roots: list[str]) -> dict[Path, Path]:
-    """OUT-relative names without suffix: the path under the folder it was found in, so two
-    files called a.pdf in different folders do not overwrite each other."""
-    names: dict[Path, Path] = {}
+    """OUT-relative names without suffix: the path under the folder it was found in. Names
+    that would still clash keep their suffix (scan.pdf, scan.png), then take a counter, so
+    no result overwrites another."""
     folders = [Path(r).resolve() for r in roots if Path(r).is_dir()]
+    relative: dict[Path, Path] = {}
     for path in files:
         resolved = path.resolve()
         base = next((f for f in folders if resolved.is_relative_to(f)), resolved.parent)
-        relative = resolved.relative_to(base)
-        names[path] = relative.with_suffix("")
+        relative[path] = resolved.relative_to(base)
+    stems = Counter(r.with_suffix("") for r in relative.values())
+    names: dict[Path, Path] = {}
+    taken: set[Path] = set()
+    for path, rel in relative.items():
+        name = rel.with_suffix("") if stems[rel.with_suffix("")] == 1 else rel
+        candidate, counter = name, 2
+        while candidate in taken:
+            candidate = name.with_name(f"{name.name}-{counter}")
+            counter += 1
+        taken.add(candidate)
+        names[path] = candidate
     return names
 
 

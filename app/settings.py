@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     # Redis hands an unacknowledged message to another worker after this long: the time to
     # recover work from a worker machine that died. Longer than any task may run.
     broker_visibility_timeout: int = 3600
+    # Redis only: a prefix on every broker key, so several deployments share one Redis.
+    broker_key_prefix: str = ""
 
     # Object storage: S3 when s3_endpoint or s3_bucket is set, else a local folder.
     s3_endpoint: str | None = None

@@ -173,12 +173,14 @@ class S3Storage:
             raise StorageError(f"S3 unreachable: {exc}") from exc
 
     def ensure_bucket(self) -> None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except ClientError:
             self._call(self.client.create_bucket, Bucket=self.bucket)
+        except BotoCoreError as exc:
+            raise StorageError(f"S3 unreachable: {exc}") from exc
 
     def put(self, key: str, data: bytes, content_type: str | None = None) -> None:
         extra = {"ContentType": content_type} if content_type else {}

@@ -21,6 +21,12 @@ def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("pagemill")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_brokers() -> Iterator[None]:
+    yield
+    services.drop_brokers()
+
+
 @pytest.fixture(scope="session")
 def s3(session_dir: Path) -> Iterator[services.SeaweedFS]:
     with services.seaweedfs(session_dir / "seaweedfs") as server:
@@ -38,7 +44,7 @@ def stack_env(session_dir: Path, s3: services.SeaweedFS, postgres_url: str) -> d
     """PAGEMILL_* for the distributed system: every part a real server on loopback."""
     env = {
         "PAGEMILL_DATABASE_URL": postgres_url,
-        "PAGEMILL_BROKER_URL": services.redis_url(db=11),
+        **services.broker_env("stack"),
         "PAGEMILL_S3_ENDPOINT": s3.endpoint,
         "PAGEMILL_S3_ACCESS_KEY": services.S3_KEY,
         "PAGEMILL_S3_SECRET_KEY": services.S3_SECRET,

@@ -216,7 +216,9 @@ def test_documents_with_the_same_stem_do_not_overwrite_each_other(home: Path) ->
         path = home / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".pdf":
-            documents.make_born_digital_pdf(path, [(None, paragraphs)])
+            # A realistic page: a lone line at the top is read as a running header.
+            body = (*documents.SAMPLE_PARAGRAPHS, *paragraphs)
+            documents.make_born_digital_pdf(path, [(documents.SAMPLE_TITLE, body)])
         else:
             documents.make_image(path, "PNG", None, paragraphs)
     result = _run(home, "pair", "single/scan.png", "-o", "same-stem")

@@ -62,7 +62,7 @@ def fault_env(stack_env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, s
     within seconds."""
     env = {
         **stack_env,
-        "PAGEMILL_BROKER_URL": services.redis_url(db=12),
+        **services.broker_env("faults"),
         "PAGEMILL_BROKER_VISIBILITY_TIMEOUT": "8",
         "PAGEMILL_DATA_DIR": str(tmp_path / "data"),
     }

@@ -40,7 +40,7 @@ def test_one_pinned_worker_per_gpu_and_the_set_dies_together(
     env = {
         **os.environ,
         **stack_env,
-        "PAGEMILL_BROKER_URL": services.redis_url(db=15),
+        **services.broker_env("gpus"),
         "PAGEMILL_DATA_DIR": str(tmp_path),
     }
     pagemill = str(Path(sys.executable).parent / "pagemill")

@@ -229,13 +229,27 @@ def postgres_database() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def redis_url(db: int) -> str:
+_SESSION = uuid.uuid4().hex[:8]
+_PREFIXES: list[str] = []
+
+
+def broker_env(name: str) -> dict[str, str]:
+    """A broker of its own on the shared Redis: a key prefix unique to this test session and
+    `name`, so concurrent sessions and stacks never take each other's messages."""
+    ensure_redis()
+    prefix = f"pagemill-test-{_SESSION}-{name}:"
+    _PREFIXES.append(prefix)
+    return {"PAGEMILL_BROKER_URL": f"{REDIS_HOST}/0", "PAGEMILL_BROKER_KEY_PREFIX": prefix}
+
+
+def drop_brokers() -> None:
+    """Deletes the keys of every broker this session made."""
     import redis
 
-    ensure_redis()
-    url = f"{REDIS_HOST}/{db}"
-    redis.Redis.from_url(url).flushdb()
-    return url
+    client = redis.Redis.from_url(f"{REDIS_HOST}/0")
+    for prefix in _PREFIXES:
+        for key in client.scan_iter(match=prefix + "*", count=1000):
+            client.delete(key)
 
 
 # -- pagemill processes ----------------------------------------------------------------

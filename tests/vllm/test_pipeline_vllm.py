@@ -40,7 +40,7 @@ def vllm_env(stack_env: dict[str, str], session_dir: Path) -> Iterator[dict[str,
     model = build_tiny_glmocr(ROOT / ".scratch" / "tiny-glmocr")
     env = {
         **stack_env,
-        "PAGEMILL_BROKER_URL": services.redis_url(db=13),
+        **services.broker_env("vllm"),
         "PAGEMILL_DATA_DIR": str(session_dir / "vllm-stack"),
         "PAGEMILL_RECOGNIZER": "vllm",
         "PAGEMILL_VLLM_MODEL": str(model),
@@ -160,7 +160,7 @@ def test_gpu_worker_exits_nonzero_when_the_engine_cannot_start(
         **os.environ,
         **vllm_env,
         "PAGEMILL_VLLM_MODEL": str(tmp_path / "no-such-model"),
-        "PAGEMILL_BROKER_URL": services.redis_url(db=14),
+        **services.broker_env("vllm-broken"),
     }
     pagemill = str(Path(sys.executable).parent / "pagemill")
     done = subprocess.run(
