@@ -67,8 +67,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         }
     else:
         # Redis redelivers an unacknowledged message after this long; longer than any task.
+        timeout = settings.broker_visibility_timeout
         config["broker_transport_options"] = {
-            "visibility_timeout": settings.broker_visibility_timeout
+            "visibility_timeout": timeout,
+            # Look for expired unacknowledged messages every few seconds (kombu's default
+            # is every 100 s): a cheap range query on one sorted set.
+            "unacked_restore_interval": max(1, min(10, timeout // 4)),
+            "unacked_restore_throttle": 1,
         }
         if settings.broker_key_prefix:
             config["broker_transport_options"]["global_keyprefix"] = settings.broker_key_prefix
