@@ -61,6 +61,19 @@ def worker_command(
     return argv, env
 
 
+def child_pids(pid: int) -> list[int]:
+    """The direct children of a process (Linux /proc), e.g. a Celery worker's pool."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def start(
     argv: Sequence[str], extra_env: Mapping[str, str] | None = None, log_path: Path | None = None
 ) -> subprocess.Popen[bytes]:

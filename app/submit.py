@@ -16,7 +16,7 @@ from app.media import sniff_media_type
 from app.queue import PREPARE, send
 from app.schemas import JobOptions
 from app.settings import Settings, get_settings
-from app.storage import get_storage, original_key
+from app.storage import get_storage, original_key, sha256_file
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +91,7 @@ def submit_file(
         )
     with path.open("rb") as f:
         head = f.read(1024)
-        f.seek(0)
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    digest = sha256_file(path)
     storage = get_storage(settings)
     key = original_key(digest)
     if not storage.exists(key):

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,38 +36,26 @@ def markdown_text(markdown: str) -> str:
 
 def run_mode(corpus: Path, entries: list[dict[str, Any]], mode: str) -> dict[str, Any]:
     """`pagemill run` over the corpus pages in a fresh embedded data folder."""
-    with tempfile.TemporaryDirectory(prefix=f"pagemill-accuracy-{mode}-") as scratch:
-        docs = Path(scratch) / "docs"
-        docs.mkdir()
-        for entry in entries:
-            (docs / Path(entry["pdf"]).name).symlink_to((corpus / entry["pdf"]).resolve())
-        out = Path(scratch) / "out"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PAGEMILL_")}
-        env["PAGEMILL_DATA_DIR"] = str(Path(scratch) / "data")
-        argv = [
-            str(Path(sys.executable).parent / "pagemill"),
-            "run",
-            str(docs),
-            "-o",
-            str(out),
-            "--mode",
-            mode,
-        ]
+    from benchmarks.pipeline import start_run
+
+    with tempfile.TemporaryDirectory(prefix=f"pagemill-accuracy-{mode}-") as folder:
+        scratch = Path(folder)
         started = time.perf_counter()
-        done = subprocess.run(argv, env=env, capture_output=True, text=True)
+        process = start_run([corpus / e["pdf"] for e in entries], mode, scratch)
+        _, stderr = process.communicate()
         seconds = time.perf_counter() - started
-        if done.returncode not in (0, 1):
-            raise RuntimeError(f"pagemill run failed ({done.returncode}): {done.stderr[-2000:]}")
-        pages = {}
+        if process.returncode not in (0, 1):
+            raise RuntimeError(f"pagemill run failed: {stderr.decode()[-2000:]}")
+        texts: dict[str, Any] = {}
         for entry in entries:
             stem = Path(entry["pdf"]).stem
-            md = out / f"{stem}.md"
-            pages[entry["id"]] = markdown_text(md.read_text()) if md.exists() else ""
-            document = out / f"{stem}.json"
+            md = scratch / "out" / f"{stem}.md"
+            texts[entry["id"]] = markdown_text(md.read_text()) if md.exists() else ""
+            document = scratch / "out" / f"{stem}.json"
             if document.exists():
                 regions = json.loads(document.read_text())["pages"][0]["regions"]
-                pages[entry["id"] + ":sources"] = sorted({r["source"] for r in regions})
-    return {"seconds": round(seconds, 2), "texts": pages}
+                texts[entry["id"] + ":sources"] = sorted({r["source"] for r in regions})
+    return {"seconds": round(seconds, 2), "texts": texts}
 
 
 def score(truth: str, text: str) -> dict[str, float]:

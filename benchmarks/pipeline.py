@@ -43,34 +43,33 @@ def count_pages(files: list[Path]) -> int:
     )
 
 
+def start_run(files: list[Path], mode: str, scratch: Path) -> subprocess.Popen[bytes]:
+    """Starts `pagemill run` on `files` in a fresh embedded data folder under `scratch`, as a
+    user would (results in scratch/out, state in scratch/data)."""
+    docs = scratch / "docs"
+    docs.mkdir()
+    for f in files:
+        (docs / f.name).symlink_to(f.resolve())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAGEMILL_")}
+    env["PAGEMILL_DATA_DIR"] = str(scratch / "data")
+    pagemill = str(Path(sys.executable).parent / "pagemill")
+    argv = [pagemill, "run", str(docs), "-o", str(scratch / "out"), "--mode", mode]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
 def run_pipeline(files: list[Path], mode: str) -> dict[str, object]:
-    """`pagemill run` in a fresh embedded data folder, as a user would start it."""
-    with tempfile.TemporaryDirectory(prefix="pagemill-bench-") as scratch:
-        docs = Path(scratch) / "docs"
-        docs.mkdir()
-        for f in files:
-            (docs / f.name).symlink_to(f.resolve())
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PAGEMILL_")}
-        env["PAGEMILL_DATA_DIR"] = str(Path(scratch) / "data")
-        argv = [
-            str(Path(sys.executable).parent / "pagemill"),
-            "run",
-            str(docs),
-            "-o",
-            str(Path(scratch) / "out"),
-            "--mode",
-            mode,
-        ]
+    with tempfile.TemporaryDirectory(prefix="pagemill-bench-") as folder:
+        scratch = Path(folder)
         started = time.perf_counter()
-        process = subprocess.Popen(
-            argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        process = start_run(files, mode, scratch)
         with PeakRss(process.pid) as rss:
-            code = process.wait()
+            _, stderr = process.communicate()
         wall = time.perf_counter() - started
-        processing = _processing_seconds(Path(scratch) / "data" / "pagemill.db")
+        if process.returncode not in (0, 1):
+            raise RuntimeError(f"pagemill run failed: {stderr.decode()[-2000:]}")
+        processing = _processing_seconds(scratch / "data" / "pagemill.db")
     return {
-        "exit_code": code,
+        "exit_code": process.returncode,
         "wall_seconds": round(wall, 2),
         "processing_seconds": round(processing, 2),
         "processes": rss.report(),

@@ -5,17 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
+from app.processes import child_pids
 
 
 def _rss_kib(pid: int) -> tuple[str, int] | None:
@@ -58,7 +48,7 @@ class PeakRss:
                     name, rss = sample
                     if rss > self.peaks.get(pid, ("", 0))[1]:
                         self.peaks[pid] = (name, rss)
-                stack.extend(_children(pid))
+                stack.extend(child_pids(pid))
             self._stop.wait(self.interval)
 
     def report(self) -> list[dict[str, object]]:

@@ -50,24 +50,15 @@ def regions(n: int, seed: int = 0) -> list[RecognitionRequest]:
 
 
 def tiny_settings(model: Path, **overrides: Any) -> Settings:
+    from tests.support.tiny_glmocr import tiny_settings as settings_for_model
+
     values: dict[str, Any] = {
-        "data_dir": SCRATCH / "bench-recognize",
-        "vllm_model": str(model),
-        "max_tokens": 64,
-        "min_pixels": 28 * 28 * 2,
-        "max_pixels": 28 * 28 * 8,
-        "vllm_max_model_len": 1024,
         "vllm_max_num_seqs": 256,
-        "vllm_engine_args": {
-            "enforce_eager": True,
-            "distributed_executor_backend": "uni",
-            "dtype": "float32",
-        },
         "openai_model": SERVED_NAME,
         "openai_concurrency": 64,
     }
     values.update(overrides)
-    return Settings(**values)
+    return settings_for_model(model, SCRATCH / "bench-recognize", **values)  # type: ignore[no-any-return]
 
 
 def measure(recognizer: Any, n: int, rounds: int) -> dict[str, Any]:

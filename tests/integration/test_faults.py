@@ -14,23 +14,12 @@ import pytest
 from app import jobs
 from app.db import session_scope
 from app.models import Page, Region
+from app.processes import child_pids
 from app.submit import submit_file
 from tests.conftest import wait_for_jobs
 from tests.support import documents, services
 
 pytestmark = pytest.mark.integration
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def _page(job_id: str, number: int = 1) -> Page:
@@ -84,7 +73,7 @@ def test_recognition_child_killed_mid_task_is_redelivered(
     with services.workers(fault_env, {"cpu": 1, "gpu": 1}, log_dir=tmp_path) as workers:
         job_id = submit_file(_dense_scan(tmp_path)).job_id
         _wait_until(lambda: _recognize_attempts(job_id) >= 1)
-        (child,) = _children(workers["gpu"].pid)
+        (child,) = child_pids(workers["gpu"].pid)
         os.kill(child, signal.SIGKILL)
         assert wait_for_jobs([job_id]) == {job_id: "succeeded"}
     page = _page(job_id)

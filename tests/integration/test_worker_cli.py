@@ -12,21 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from app.processes import child_pids
 from tests.support import services
 
 pytestmark = pytest.mark.integration
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def _environ(pid: int) -> dict[str, str]:
@@ -55,7 +44,7 @@ def test_one_pinned_worker_per_gpu_and_the_set_dies_together(
         deadline = time.monotonic() + 60
         workers: list[int] = []
         while time.monotonic() < deadline and len(workers) < 2:
-            workers = _children(parent.pid)
+            workers = child_pids(parent.pid)
             time.sleep(0.2)
         assert len(workers) == 2
         devices = sorted(_environ(pid).get("CUDA_VISIBLE_DEVICES", "") for pid in workers)

@@ -256,6 +256,28 @@ def _train(model: Any, processor: Any, tokenizer: Any) -> None:
         torch.set_num_threads(threads)
 
 
+def tiny_settings(model: Path, data_dir: Path, **overrides: Any) -> Any:
+    """pagemill Settings for this model on a CPU: small images, short answers, eager mode."""
+    from app.settings import Settings
+
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "vllm_model": str(model),
+        "max_tokens": 64,
+        "min_pixels": 28 * 28 * 2,
+        "max_pixels": 28 * 28 * 8,
+        "vllm_max_model_len": 1024,
+        "vllm_max_num_seqs": 64,
+        "vllm_engine_args": {
+            "enforce_eager": True,
+            "distributed_executor_backend": "uni",
+            "dtype": "float32",
+        },
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
 def build_tiny_glmocr(out_dir: Path) -> Path:
     """Builds (or reuses) the tiny model in `out_dir` and returns the folder."""
     out_dir = Path(out_dir)

@@ -14,8 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.settings import Settings
-from tests.support.tiny_glmocr import EXTRACTION_TEMPLATE, TARGETS, build_tiny_glmocr
+from tests.support.tiny_glmocr import (
+    EXTRACTION_TEMPLATE,
+    TARGETS,
+    build_tiny_glmocr,
+    tiny_settings,
+)
 from workers.engines.glmocr import TRUNCATING
 from workers.engines.types import RecognitionRequest, RecognitionResult, RecognitionTask
 
@@ -32,26 +36,6 @@ TASK_TARGET = {
     RecognitionTask.TABLE: TARGETS["Table Recognition:"],
 }
 TEMPLATE_JSON = __import__("json").dumps(EXTRACTION_TEMPLATE)
-
-
-def tiny_settings(model: Path, data_dir: Path, **overrides: object) -> Settings:
-    """Settings for the tiny model on CPU: small images, short answers, eager mode."""
-    values: dict[str, object] = {
-        "data_dir": data_dir,
-        "vllm_model": str(model),
-        "max_tokens": 64,
-        "min_pixels": 28 * 28 * 2,
-        "max_pixels": 28 * 28 * 8,
-        "vllm_max_model_len": 1024,
-        "vllm_max_num_seqs": 64,
-        "vllm_engine_args": {
-            "enforce_eager": True,
-            "distributed_executor_backend": "uni",
-            "dtype": "float32",
-        },
-    }
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")

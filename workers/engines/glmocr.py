@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from workers.engines.types import RecognitionResult, RecognitionTask
+from workers.engines.types import RecognitionRequest, RecognitionResult, RecognitionTask
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -167,6 +167,26 @@ def prepare_image(image_bgr: np.ndarray, *, min_pixels: int, max_pixels: int) ->
 
 
 # -- the repetition guard -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RegionPrompt:
+    """What both GLM-OCR engines send for one region: the prompt and the resized image."""
+
+    text: str
+    image: Image.Image
+    template: dict[str, Any] | None
+
+
+def region_prompt(request: RecognitionRequest, *, min_pixels: int, max_pixels: int) -> RegionPrompt:
+    """The prompt text (the task's, or the extraction template's) and the crop resized to the
+    model's pixel budget. Raises ValueError or TypeError for a region that cannot be sent."""
+    template = normalize_template(request.template) if request.template is not None else None
+    return RegionPrompt(
+        text=task_prompt(request.task, template),
+        image=prepare_image(request.image, min_pixels=min_pixels, max_pixels=max_pixels),
+        template=template,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,6 @@ flow. `regions_from_paddlex` maps that onto LayoutRegion.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import re
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from app.storage import sha256_file
 from workers.engines.types import LayoutRegion
 from workers.labels import LABELS
 
@@ -85,14 +85,6 @@ def _yaml_model_name(path: Path) -> str | None:
         r"^\s*model_name:\s*['\"]?([^'\"\s#]+)", path.read_text(errors="replace"), re.M
     )
     return match.group(1) if match else None
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def class_thresholds(
@@ -219,7 +211,7 @@ class PaddleXLayoutEngine:
             pkg = importlib.metadata.version("paddlex")
         except importlib.metadata.PackageNotFoundError:
             pkg = "none"
-        digest = _file_digest(self.model_dir / "inference.pdiparams")[:12]
+        digest = sha256_file(self.model_dir / "inference.pdiparams")[:12]
         self.version = f"paddlex-{pkg}/{model_name}@{digest}"
         self._model: Any = None
         self._lock = threading.Lock()

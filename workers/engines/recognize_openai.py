@@ -166,26 +166,22 @@ class OpenAIRecognizer:
 
     def _one(self, request: RecognitionRequest) -> RecognitionResult:
         try:
-            template = (
-                glmocr.normalize_template(request.template)
-                if request.template is not None
-                else None
+            region = glmocr.region_prompt(
+                request, min_pixels=self.settings.min_pixels, max_pixels=self.settings.max_pixels
             )
-            text = glmocr.task_prompt(request.task, template)
-            picture = glmocr.prepare_image(
-                request.image,
-                min_pixels=self.settings.min_pixels,
-                max_pixels=self.settings.max_pixels,
-            )
-            url = image_data_url(picture)
+            url = image_data_url(region.image)
         except (ValueError, TypeError) as exc:
             return RecognitionResult(
                 key=request.key, content="", ok=False, error=f"{type(exc).__name__}: {exc}"
             )
-        first = self._attempt(request.key, url, text, template, attempts=1, retry=False)
+        first = self._attempt(
+            request.key, url, region.text, region.template, attempts=1, retry=False
+        )
         if first.ok:
             return first
-        second = self._attempt(request.key, url, text, template, attempts=2, retry=True)
+        second = self._attempt(
+            request.key, url, region.text, region.template, attempts=2, retry=True
+        )
         return glmocr.after_retry(first, second)
 
     def _attempt(

@@ -241,21 +241,16 @@ class VllmRecognizer:
     def _prepare(self, request: RecognitionRequest) -> _Prepared:
         """Prompt and resized image; a bad region fails here, alone."""
         try:
-            template = (
-                glmocr.normalize_template(request.template)
-                if request.template is not None
-                else None
-            )
-            text = glmocr.task_prompt(request.task, template)
-            image = glmocr.prepare_image(
-                request.image,
-                min_pixels=self.settings.min_pixels,
-                max_pixels=self.settings.max_pixels,
+            region = glmocr.region_prompt(
+                request, min_pixels=self.settings.min_pixels, max_pixels=self.settings.max_pixels
             )
         except (ValueError, TypeError) as exc:
             return _Prepared(request=request, error=f"{type(exc).__name__}: {exc}")
-        prompt = {"prompt": glmocr.chat_prompt(text), "multi_modal_data": {"image": image}}
-        return _Prepared(request=request, prompt=prompt, template=template)
+        prompt = {
+            "prompt": glmocr.chat_prompt(region.text),
+            "multi_modal_data": {"image": region.image},
+        }
+        return _Prepared(request=request, prompt=prompt, template=region.template)
 
     def _generate_all(self, prepared: Sequence[_Prepared], *, retry: bool) -> list[Generation]:
         """Queues every sendable region at once, then waits for all of them."""
