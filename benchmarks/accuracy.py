@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.accuracy_metrics import bag_of_words, cer, wer
+from benchmarks.corpus import CORPUS
 
 ROOT = Path(__file__).resolve().parent.parent
-CORPUS = ROOT.parent / "shared" / "corpus"
 RESULTS = ROOT / "benchmarks" / "results"
 
 

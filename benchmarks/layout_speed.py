@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-CORPUS = Path("/work/shared/corpus")
+from benchmarks.corpus import CORPUS
+
 OUT = Path(__file__).resolve().parent / "results" / "layout-speed.json"
 
 

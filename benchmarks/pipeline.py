@@ -25,7 +25,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def default_pages() -> Path:
-    corpus = ROOT.parent / "shared" / "corpus" / "pages"
+    from benchmarks.corpus import CORPUS
+
+    corpus = CORPUS / "pages"
     return corpus if corpus.is_dir() else ROOT / "samples"
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-CORPUS = Path("/work/shared/corpus")
+from benchmarks.corpus import CORPUS
 
 
 class TesseractUnavailable(RuntimeError):

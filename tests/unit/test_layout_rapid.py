@@ -11,10 +11,6 @@ from workers.engines.layout_rapid import (
 )
 from workers.reading_order import arrange_page
 
-CORPUS = Path("/work/shared/corpus")
-if not CORPUS.is_dir():
-    CORPUS = Path(__file__).resolve().parents[2] / "corpus"
-
 
 def test_regions_from_rapid_maps_labels_clips_and_filters() -> None:
     boxes = [

@@ -21,7 +21,6 @@ from workers.textlayer import (  # noqa: E402
     region_texts,
 )
 
-CORPUS = Path("/work/shared/corpus")
 needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason="corpus not available")
 DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 SCALE = 200 / 72
