@@ -3,6 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.corpus import CORPUS
 from workers.engines.layout_rapid import (
     LayoutModelError,
     RapidLayoutEngine,

@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.corpus import CORPUS
+
 pdfium = pytest.importorskip("pypdfium2")
 import pypdfium2.raw as pdfium_c  # noqa: E402
 
