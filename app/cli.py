@@ -6,9 +6,9 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -16,6 +16,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from app.settings import get_settings
+
+if TYPE_CHECKING:
+    from app.schemas import JobOut
 
 cli = typer.Typer(
     help="pagemill: bulk document OCR on a job queue.",
@@ -181,17 +184,12 @@ def _print_job(job: object) -> None:
             print(f"  page {page.number}: {page.state}: {page.error}")
 
 
-def _print_table(jobs: list[object]) -> None:
+def _print_table(jobs: Sequence[JobOut]) -> None:
     table = Table("job", "file", "state", "pages", "error")
     for job in jobs:
-        total = job.progress.pages_total  # type: ignore[attr-defined]
-        table.add_row(
-            job.id,  # type: ignore[attr-defined]
-            job.filename,  # type: ignore[attr-defined]
-            job.state,  # type: ignore[attr-defined]
-            f"{job.progress.pages_done}/{total if total is not None else '?'}",  # type: ignore[attr-defined]
-            job.error or "",  # type: ignore[attr-defined]
-        )
+        total = job.progress.pages_total
+        pages = f"{job.progress.pages_done}/{total if total is not None else '?'}"
+        table.add_row(job.id, job.filename, job.state, pages, job.error or "")
     Console().print(table)
 
 
@@ -201,7 +199,7 @@ def _print_summary(ids: list[str]) -> None:
 
     with session_scope() as session:
         outs = [job_out(job) for i in ids if (job := load_job(session, i)) is not None]
-    _print_table(outs)  # type: ignore[arg-type]
+    _print_table(outs)
 
 
 def _wait_for(

@@ -241,7 +241,7 @@ def complete_page(
         values: dict[str, Any] = {"state": state, "error": error, "finished_at": utcnow()}
         if recognize_ms is not None:
             values["recognize_ms"] = recognize_ms
-        changed = session.execute(
+        changed = session.execute(  # type: ignore[attr-defined]
             update(Page)
             .where(Page.job_id == job_id, Page.number == number, Page.state.notin_(_TERMINAL_PAGES))
             .values(**values)

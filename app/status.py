@@ -24,9 +24,11 @@ def job_out(job: Job, *, with_pages: bool = False, link_base: str = "") -> JobOu
         percent = round(100.0 * job.pages_done / total, 1)
     result = None
     if job.result_markdown_key:
-        result = ResultLinks(
-            markdown=f"{link_base}/v1/jobs/{job.id}/result?format=md",
-            json_=f"{link_base}/v1/jobs/{job.id}/result?format=json",
+        result = ResultLinks.model_validate(
+            {
+                "markdown": f"{link_base}/v1/jobs/{job.id}/result?format=md",
+                "json": f"{link_base}/v1/jobs/{job.id}/result?format=json",
+            }
         )
     return JobOut(
         id=job.id,

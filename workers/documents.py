@@ -11,10 +11,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from app.media import PDF, SUPPORTED, describe_unsupported, sniff_media_type
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 __all__ = ["PDF", "DocumentError", "describe_unsupported", "sniff_media_type"]
 
@@ -98,7 +102,7 @@ def _check_count(count: int, max_pages: int) -> None:
 
 
 @contextmanager
-def _open_image(path: Path) -> Iterator[object]:
+def _open_image(path: Path) -> Iterator[PILImage]:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -150,15 +154,15 @@ def render_page(
         from PIL import Image
 
         try:
-            image.seek(number - 1)  # type: ignore[attr-defined]
-            frame = image.convert("RGB")  # type: ignore[attr-defined]
+            image.seek(number - 1)
+            frame = image.convert("RGB")
         except (OSError, EOFError, ValueError) as exc:
             raise DocumentError(f"page {number} unreadable ({exc})") from None
         scale = min(1.0, math.sqrt(max_pixels / (frame.width * frame.height)))
         if scale < 1.0:
             size = (max(1, round(frame.width * scale)), max(1, round(frame.height * scale)))
             frame = frame.resize(size, Image.Resampling.LANCZOS)
-        dpi_info = image.info.get("dpi", (dpi, dpi))  # type: ignore[attr-defined]
+        dpi_info = image.info.get("dpi", (dpi, dpi))
         source_dpi = float(dpi_info[0]) if dpi_info and dpi_info[0] else dpi
         rgb = np.asarray(frame)
     return RenderedPage(image=_to_bgr(rgb, bgr=False), dpi=source_dpi * scale, scale=scale)

@@ -25,7 +25,7 @@ def layout_engine(settings: Settings) -> LayoutEngine:
 
                 engine = RapidLayoutEngine.from_settings(settings)
             _engines["layout"] = engine
-        return engine  # type: ignore[no-any-return]
+        return engine
 
 
 def recognizer(settings: Settings) -> Recognizer:
@@ -34,7 +34,7 @@ def recognizer(settings: Settings) -> Recognizer:
         if engine is None:
             engine = build_recognizer(settings)
             _engines["recognizer"] = engine
-        return engine  # type: ignore[no-any-return]
+        return engine
 
 
 def build_recognizer(settings: Settings) -> Recognizer:
