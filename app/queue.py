@@ -56,6 +56,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": True,
     }
     if settings.broker_url is None:
+        config["broker_transport"] = "app.filesystem_broker:Transport"
         folder = str(settings.broker_dir)
         config["broker_transport_options"] = {
             "data_folder_in": folder,

@@ -100,11 +100,12 @@ def _start_workers(
     cores = os.cpu_count() or 1
     logs = settings.data_dir / "logs"
     processes = []
-    for role, count in (
-        ("cpu", cpu_workers or max(1, cores // 2)),
-        ("gpu", gpu_workers or max(1, cores // 2)),
-    ):
+    # One process per core on each queue, each model on one thread: pages overlap across
+    # processes instead of two multi-threaded processes fighting over the same cores.
+    for role, count in (("cpu", cpu_workers or cores), ("gpu", gpu_workers or cores)):
         argv, env = worker_command(role, settings, concurrency=count)
+        if not settings.onnx_threads:
+            env["PAGEMILL_ONNX_THREADS"] = "1"
         processes.append(start(argv, env, log_path=logs / f"worker-{role}.log"))
     return processes
 

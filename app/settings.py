@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     layout_engine: Literal["rapid", "paddlex"] = "rapid"
     layout_min_score: float = 0.35
     crop_margin: int = 8
+    # Threads of each ONNX model (rapid-layout, rapidocr) per process; 0 = one per core.
+    # With several worker processes per machine, 1 avoids them fighting over the cores.
+    onnx_threads: int = 0
     text_mode: Literal["auto", "ocr", "text"] = "auto"
     # Overrides of the label → task table (workers.labels.DEFAULT_ROUTES), e.g.
     # PAGEMILL_LABEL_ROUTES='{"header": "text"}'.

@@ -79,12 +79,12 @@ def run_pipeline(files: list[Path], mode: str) -> dict[str, object]:
 
 
 def _processing_seconds(database: Path) -> float:
-    """First job created to last job finished: the run without worker start-up."""
+    """First job picked up by a worker to last job finished: the run without start-up."""
     import sqlite3
     from datetime import datetime
 
     with sqlite3.connect(database) as conn:
-        first, last = conn.execute("SELECT min(created_at), max(finished_at) FROM jobs").fetchone()
+        first, last = conn.execute("SELECT min(started_at), max(finished_at) FROM jobs").fetchone()
     return (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -140,6 +141,19 @@ def _preload(**_: Any) -> None:
         os._exit(EXIT_ENGINE_DEAD)
 
 
+def _require_schema(**_: Any) -> None:
+    """A worker started any way (`pagemill worker` or plain `celery worker`) refuses an
+    un-migrated database before it takes a message."""
+    from app.db import DatabaseNotMigrated, require_migrated
+
+    try:
+        require_migrated(get_settings())
+    except DatabaseNotMigrated as exc:
+        print(f"pagemill worker: {exc}", file=sys.stderr, flush=True)
+        os._exit(2)
+
+
+worker_init.connect(_require_schema, weak=False)
 # Prefork children build their own engines; threads and solo pools build them once.
 worker_process_init.connect(_preload, weak=False)
 worker_init.connect(

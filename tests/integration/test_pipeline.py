@@ -125,3 +125,65 @@ def test_oversized_upload_fails_with_the_limit_in_its_error(
     job = jobs.get_job(job_id)
     assert job is not None and job.state == "failed"
     assert job.error and "too large" in job.error and "1024" in job.error
+
+
+def test_born_digital_pages_in_auto_mode_never_wait_for_the_recognizer(
+    stack: dict[str, str], tmp_path: Path
+) -> None:
+    from app.db import session_scope
+    from app.models import Page
+
+    pdf = documents.make_born_digital_pdf(
+        tmp_path / "digital.pdf",
+        [
+            (documents.SAMPLE_TITLE, documents.SAMPLE_PARAGRAPHS),
+            (None, documents.SAMPLE_PARAGRAPHS),
+        ],
+    )
+    job_id = submit_file(pdf).job_id
+    assert wait_for_jobs([job_id]) == {job_id: "succeeded"}
+    with session_scope() as session:
+        pages = session.query(Page).filter_by(job_id=job_id).all()
+        assert len(pages) == 2
+        for page in pages:
+            assert page.text_layer == "trusted"
+            assert page.recognize_attempts == 0 and page.recognize_ms is None
+    document = json.loads(_result(job_id, "json"))
+    sources = {r["source"] for p in document["pages"] for r in p["regions"]}
+    assert "ocr" not in sources and "text_layer" in sources
+    cer = character_error_rate(
+        "\n".join(documents.SAMPLE_PARAGRAPHS), _result(job_id, "md").decode().split("page 2")[-1]
+    )
+    assert cer < 0.05, cer
+
+
+def test_a_worker_refuses_an_unmigrated_database(stack: dict[str, str], tmp_path: Path) -> None:
+    """Even started as a plain `celery worker`, without pagemill's CLI in front."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.services import postgres_database
+
+    with postgres_database() as empty:
+        env = {**os.environ, **stack, "PAGEMILL_DATABASE_URL": empty}
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.tasks",
+                "worker",
+                "-Q",
+                "cpu",
+                "--pool",
+                "solo",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2
+    assert "pagemill migrate" in done.stderr

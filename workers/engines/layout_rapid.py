@@ -113,7 +113,7 @@ class RapidLayoutEngine:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RapidLayoutEngine:
-        return cls(min_score=settings.layout_min_score)
+        return cls(min_score=settings.layout_min_score, threads=settings.onnx_threads or None)
 
     def _load(self) -> Any:
         with self._lock:

@@ -18,7 +18,7 @@ from workers.engines.types import RecognitionRequest, RecognitionResult
 class RapidOcrRecognizer:
     name = "rapidocr"
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int = 0) -> None:
         from importlib.metadata import version
 
         from rapidocr import RapidOCR
@@ -30,6 +30,8 @@ class RapidOcrRecognizer:
                 "Global.use_cls": False,  # garbles rendered lines when detection is scaled
                 "Det.limit_type": "max",
                 "Det.limit_side_len": 1280,
+                "EngineConfig.onnxruntime.intra_op_num_threads": threads or -1,
+                "EngineConfig.onnxruntime.inter_op_num_threads": 1 if threads else -1,
             }
         )
         # One RapidOCR object is not safe to call from two threads at once.

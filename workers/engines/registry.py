@@ -48,7 +48,7 @@ def build_recognizer(settings: Settings) -> Recognizer:
         return OpenAIRecognizer(settings)
     from workers.engines.recognize_rapidocr import RapidOcrRecognizer
 
-    return RapidOcrRecognizer()
+    return RapidOcrRecognizer(threads=settings.onnx_threads)
 
 
 def close_all() -> None:
