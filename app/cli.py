@@ -6,19 +6,18 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from app.settings import get_settings
 
 if TYPE_CHECKING:
-    from app.schemas import JobOut
+    from app.schemas import JobOptions, JobOut
 
 cli = typer.Typer(
     help="pagemill: bulk document OCR on a job queue.",
@@ -61,7 +60,7 @@ def _ready(*, migrate: bool = False) -> None:
         raise typer.Exit(2) from None
 
 
-def _options(mode: str | None, extract: str | None, dpi: int | None) -> object:
+def _options(mode: str | None, extract: str | None, dpi: int | None) -> JobOptions:
     from pydantic import ValidationError
 
     from app.schemas import JobOptions
@@ -74,6 +73,7 @@ def _options(mode: str | None, extract: str | None, dpi: int | None) -> object:
         ):
             template = candidate.read_text(encoding="utf-8")
     try:
+        # `mode` is a plain string here; pydantic checks it against the allowed modes.
         return JobOptions(text_mode=mode, extract=template, dpi=dpi)  # type: ignore[arg-type]
     except (ValidationError, ValueError) as exc:
         console.print(f"[red]invalid options: {exc}[/red]")
@@ -115,13 +115,15 @@ def submit(
     batch_id = jobs.create_batch(batch) if batch or len(files) > 1 else None
     ids = []
     for path in files:
-        submitted = submit_file(path, batch_id=batch_id, options=options)  # type: ignore[arg-type]
+        submitted = submit_file(path, batch_id=batch_id, options=options)
         ids.append(submitted.job_id)
         print(f"{submitted.job_id}\t{path}")
     if batch_id:
         print(f"batch\t{batch_id}")
     if wait:
-        states = _wait_for(ids)
+        from app.runner import wait_with_progress
+
+        states = wait_with_progress(ids, console)
         _print_summary(ids)
         if any(state != "succeeded" for state in states.values()):
             raise typer.Exit(1)
@@ -202,49 +204,6 @@ def _print_summary(ids: list[str]) -> None:
     _print_table(outs)
 
 
-def _wait_for(
-    ids: list[str], poll: float = 0.5, on_idle: Callable[[], None] | None = None
-) -> dict[str, str]:
-    """Polls until every job is finished, with a progress bar of pages; returns states."""
-    from sqlalchemy import select
-
-    from app.db import session_scope
-    from app.models import Job, JobState
-
-    with Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("pages"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as bar:
-        task = bar.add_task("processing", total=None)
-        while True:
-            with session_scope() as session:
-                rows = session.execute(
-                    select(Job.id, Job.state, Job.pages_done, Job.pages_total).where(
-                        Job.id.in_(ids)
-                    )
-                ).all()
-            states = {row.id: row.state for row in rows}
-            done = sum(row.pages_done for row in rows)
-            totals = [row.pages_total for row in rows if row.pages_total is not None]
-            finished = sum(1 for s in states.values() if JobState(s).terminal)
-            bar.update(
-                task,
-                completed=done,
-                total=sum(totals) if totals else None,
-                description=f"{finished}/{len(ids)} documents",
-            )
-            if finished == len(ids):
-                return states
-            if on_idle is not None:
-                on_idle()
-            time.sleep(poll)
-
-
 @cli.command()
 def result(
     job_id: Annotated[str, typer.Argument(metavar="JOB")],
@@ -304,7 +263,7 @@ def run(
     code = run_documents(
         docs,
         out,
-        options,  # type: ignore[arg-type]
+        options,
         start_workers=start_workers and get_settings().embedded,
         cpu_workers=cpu_workers,
         gpu_workers=gpu_workers,

@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy import select
 
 from app import jobs
 from app.db import session_scope
@@ -17,7 +22,7 @@ from app.models import Job, JobState
 from app.processes import start, stop, worker_command
 from app.schemas import JobOptions
 from app.settings import get_settings
-from app.storage import get_storage
+from app.storage import ObjectStorage, get_storage
 
 
 def _output_names(files: list[Path], roots: list[str]) -> dict[Path, Path]:
@@ -44,6 +49,47 @@ def _output_names(files: list[Path], roots: list[str]) -> dict[Path, Path]:
     return names
 
 
+def wait_with_progress(
+    ids: list[str],
+    console: Console,
+    poll: float = 0.5,
+    on_idle: Callable[[], None] | None = None,
+) -> dict[str, str]:
+    """Polls until every job is finished, with a progress bar of pages; returns states."""
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("pages"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("processing", total=None)
+        while True:
+            with session_scope() as session:
+                rows = session.execute(
+                    select(Job.id, Job.state, Job.pages_done, Job.pages_total).where(
+                        Job.id.in_(ids)
+                    )
+                ).all()
+            states = {row.id: row.state for row in rows}
+            done = sum(row.pages_done for row in rows)
+            totals = [row.pages_total for row in rows if row.pages_total is not None]
+            finished = sum(1 for s in states.values() if JobState(s).terminal)
+            bar.update(
+                task,
+                completed=done,
+                total=sum(totals) if totals else None,
+                description=f"{finished}/{len(ids)} documents",
+            )
+            if finished == len(ids):
+                return states
+            if on_idle is not None:
+                on_idle()
+            time.sleep(poll)
+
+
 def run_documents(
     docs: list[str],
     out: Path,
@@ -54,7 +100,6 @@ def run_documents(
     gpu_workers: int | None,
     console: Console,
 ) -> int:
-    from app.cli import _wait_for  # the same progress bar as `submit --wait`
     from app.submit import expand_paths, submit_file
 
     try:
@@ -73,7 +118,7 @@ def run_documents(
         batch_id = jobs.create_batch(f"run {out}")
         submitted = {submit_file(p, batch_id=batch_id, options=options).job_id: p for p in files}
         console.print(f"{len(files)} documents submitted as batch {batch_id}")
-        _wait_for(list(submitted), on_idle=lambda: _check_alive(processes))
+        wait_with_progress(list(submitted), console, on_idle=lambda: _check_alive(processes))
         stop(processes, idle=True)
     finally:
         stop(processes)
@@ -148,13 +193,13 @@ def _write_outputs(
     return 0
 
 
-def _copy_images(document: dict[str, object], folder: Path, storage: object) -> None:
+def _copy_images(document: dict[str, Any], folder: Path, storage: ObjectStorage) -> None:
     job_id = document["job_id"]
-    for page in document["pages"]:  # type: ignore[attr-defined]
+    for page in document["pages"]:
         for region in page["regions"]:
             image = region.get("image")
             if image:
                 folder.mkdir(parents=True, exist_ok=True)
                 name = image.rsplit("/", 1)[-1]
                 key = f"results/{job_id}/images/{name}"
-                (folder / name).write_bytes(storage.get(key))  # type: ignore[attr-defined]
+                (folder / name).write_bytes(storage.get(key))
