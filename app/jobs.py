@@ -145,6 +145,30 @@ def claim_page(job_id: str, number: int) -> Page | None:
         return page
 
 
+def uncount_attempt(job_id: str, number: int | None = None, *, recognize: bool = False) -> None:
+    """Gives back a delivery that ended in a transient error (a service was down), so an
+    outage does not use up the attempts meant for documents that crash workers."""
+    with session_scope() as session:
+        if number is None:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state.in_(_ACTIVE_JOBS), Job.attempts > 0)
+                .values(attempts=Job.attempts - 1)
+            )
+            return
+        column = Page.recognize_attempts if recognize else Page.attempts
+        session.execute(
+            update(Page)
+            .where(
+                Page.job_id == job_id,
+                Page.number == number,
+                Page.state.notin_(_TERMINAL_PAGES),
+                column > 0,
+            )
+            .values({column: column - 1})
+        )
+
+
 def note_page_error(job_id: str, number: int, error: str) -> None:
     """Keeps the last error of a page that will be retried, for its final message."""
     with session_scope() as session:

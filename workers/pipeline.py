@@ -37,6 +37,7 @@ from workers.documents import (
     sniff_media_type,
 )
 from workers.engines import registry
+from workers.engines.base import EngineUnavailable
 from workers.engines.types import (
     LayoutRegion,
     RecognitionRequest,
@@ -311,9 +312,17 @@ def recognize_page(job_id: str, number: int, settings: Settings) -> list[Message
     results = engine.recognize(requests)
     elapsed_ms = (time.perf_counter() - started) * 1000
     engine_name = f"{engine.name}/{engine.version}"
+    unreachable = [r for r in results if r.extra.get("unavailable")]
     jobs.record_region_results(
-        job_id, number, [_result_row(result, engine_name) for result in results]
+        job_id,
+        number,
+        [_result_row(r, engine_name) for r in results if not r.extra.get("unavailable")],
     )
+    if unreachable:
+        # Those regions stay pending: the page goes back to the queue until the server is back.
+        raise EngineUnavailable(
+            f"{len(unreachable)} regions: {unreachable[0].error or 'server unreachable'}"
+        )
     return _finish_page(job_id, number, recognize_ms=elapsed_ms)
 
 

@@ -7,6 +7,7 @@ times, counted in the database, and then ends as an error on that page or job.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -25,12 +26,20 @@ from app.queue import ASSEMBLE, PAGE, PREPARE, RECOGNIZE, get_celery, send
 from app.settings import get_settings
 from app.storage import StorageError
 from workers import pipeline
-from workers.engines.base import EngineDead
+from workers.engines.base import EngineDead, EngineUnavailable
 
 log = logging.getLogger(__name__)
 celery_app = get_celery()
 
-TRANSIENT = (OperationalError, DBAPIError, StorageError, BrokerError, ConnectionError, TimeoutError)
+TRANSIENT = (
+    OperationalError,
+    DBAPIError,
+    StorageError,
+    BrokerError,
+    ConnectionError,
+    TimeoutError,
+    EngineUnavailable,
+)
 TRANSIENT_MAX_RETRIES = 30
 
 
@@ -43,6 +52,7 @@ def _run(
     task: Task,
     work: Callable[[], list[pipeline.Message]],
     on_error: Callable[[str], None] | None = None,
+    on_transient: Callable[[], None] | None = None,
 ) -> None:
     try:
         messages = work()
@@ -50,6 +60,9 @@ def _run(
         _engine_died(exc)
     except TRANSIENT as exc:
         log.warning("transient error in %s, retrying: %s", task.name, exc)
+        if on_transient is not None:
+            with contextlib.suppress(Exception):  # the database may be what is down
+                on_transient()
         raise task.retry(
             exc=exc, countdown=_backoff(task.request.retries), max_retries=TRANSIENT_MAX_RETRIES
         ) from exc
@@ -67,7 +80,11 @@ def _run(
 
 @celery_app.task(name=PREPARE, bind=True, acks_late=True)
 def prepare(self: Task, job_id: str) -> None:
-    _run(self, lambda: pipeline.prepare_document(job_id, get_settings()))
+    _run(
+        self,
+        lambda: pipeline.prepare_document(job_id, get_settings()),
+        on_transient=lambda: jobs.uncount_attempt(job_id),
+    )
 
 
 @celery_app.task(name=PAGE, bind=True, acks_late=True, soft_time_limit=600, time_limit=660)
@@ -76,6 +93,7 @@ def page(self: Task, job_id: str, number: int) -> None:
         self,
         lambda: pipeline.process_page(job_id, number, get_settings()),
         lambda error: jobs.note_page_error(job_id, number, error),
+        lambda: jobs.uncount_attempt(job_id, number),
     )
 
 
@@ -85,6 +103,7 @@ def recognize(self: Task, job_id: str, number: int) -> None:
         self,
         lambda: pipeline.recognize_page(job_id, number, get_settings()),
         lambda error: jobs.note_page_error(job_id, number, error),
+        lambda: jobs.uncount_attempt(job_id, number, recognize=True),
     )
 
 

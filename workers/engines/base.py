@@ -15,6 +15,11 @@ class EngineDead(RuntimeError):
     restarts it; the messages it held go back to the queue."""
 
 
+class EngineUnavailable(RuntimeError):
+    """The engine's server cannot be reached now (after the engine's own retries). The work
+    goes back to the queue and is tried again later; nothing is marked failed."""
+
+
 class LayoutEngine(Protocol):
     name: str
     version: str
