@@ -21,6 +21,7 @@ run: install
 	$(BIN)/pagemill run $(DOCS) -o $(OUT)
 
 test: install-vllm
+	bash scripts/install-tesseract.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
@@ -34,6 +35,7 @@ bench: install
 	$(BIN)/python -m benchmarks.pipeline --mode auto
 
 bench-accuracy: install
+	bash scripts/install-tesseract.sh
 	$(BIN)/python -m benchmarks.accuracy
 
 bench-layout: install
