@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from app.settings import get_settings
 
@@ -80,6 +79,21 @@ def _options(mode: str | None, extract: str | None, dpi: int | None) -> JobOptio
         raise typer.Exit(2) from None
 
 
+def _files(paths: list[str]) -> list[Path]:
+    """The files behind PATHs (files, folders, globs); exits 2 when there are none."""
+    from app.submit import expand_paths
+
+    try:
+        files = expand_paths(paths)
+    except FileNotFoundError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    if not files:
+        console.print("[red]no files found[/red]")
+        raise typer.Exit(2)
+    return files
+
+
 @cli.command()
 def migrate() -> None:
     """Bring the database to the newest schema."""
@@ -100,18 +114,11 @@ def submit(
 ) -> None:
     """Store documents and enqueue them. Prints one job id per line (then the batch id)."""
     from app import jobs
-    from app.submit import expand_paths, submit_file
+    from app.submit import submit_file
 
     _ready(migrate=True)
     options = _options(mode, extract, dpi)
-    try:
-        files = expand_paths(paths)
-    except FileNotFoundError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-    if not files:
-        console.print("[red]no files found[/red]")
-        raise typer.Exit(2)
+    files = _files(paths)
     batch_id = jobs.create_batch(batch) if batch or len(files) > 1 else None
     ids = []
     for path in files:
@@ -165,10 +172,7 @@ def status(
     _print_table(batch.jobs)
 
 
-def _print_job(job: object) -> None:
-    from app.schemas import JobOut
-
-    assert isinstance(job, JobOut)
+def _print_job(job: JobOut) -> None:
     total = job.progress.pages_total
     print(f"job       {job.id}")
     print(f"file      {job.filename}")
@@ -187,12 +191,9 @@ def _print_job(job: object) -> None:
 
 
 def _print_table(jobs: Sequence[JobOut]) -> None:
-    table = Table("job", "file", "state", "pages", "error")
-    for job in jobs:
-        total = job.progress.pages_total
-        pages = f"{job.progress.pages_done}/{total if total is not None else '?'}"
-        table.add_row(job.id, job.filename, job.state, pages, job.error or "")
-    Console().print(table)
+    from app.runner import jobs_table
+
+    Console().print(jobs_table(jobs))
 
 
 def _print_summary(ids: list[str]) -> None:
@@ -261,6 +262,7 @@ def run(
     _ready(migrate=True)
     options = _options(mode, extract, dpi)
     code = run_documents(
+        _files(docs),
         docs,
         out,
         options,

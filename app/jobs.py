@@ -26,8 +26,8 @@ from app.models import (
     utcnow,
 )
 
-_TERMINAL_PAGES = (PageState.SUCCEEDED, PageState.FAILED)
-_ACTIVE_JOBS = (JobState.QUEUED, JobState.RUNNING, JobState.ASSEMBLING)
+_TERMINAL_PAGES = tuple(state for state in PageState if state.terminal)
+_ACTIVE_JOBS = tuple(state for state in JobState if not state.terminal)
 
 
 def new_id() -> str:
@@ -270,21 +270,19 @@ def complete_page(
             .where(Page.job_id == job_id, Page.number == number, Page.state.notin_(_TERMINAL_PAGES))
             .values(**values)
         ).rowcount
-        job_update = update(Job).where(Job.id == job_id)
         if changed:
-            job_update = job_update.values(
-                pages_done=Job.pages_done + 1,
-                pages_failed=Job.pages_failed + (1 if error else 0),
+            # Concurrent completions queue on the job row's lock; each then reads the
+            # count with its own increment, so exactly one sees the last page.
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(
+                    pages_done=Job.pages_done + 1,
+                    pages_failed=Job.pages_failed + (1 if error else 0),
+                )
             )
-        else:
-            job_update = job_update.values(pages_done=Job.pages_done)
-        row = session.execute(
-            job_update.returning(Job.pages_done, Job.pages_total, Job.state)
-        ).one_or_none()
-    if row is None:
-        return False
-    done, total, job_state = row
-    return total is not None and done >= total and not JobState(job_state).terminal
+        job = session.get(Job, job_id, populate_existing=True)
+        return job is not None and job.awaiting_assembly
 
 
 def get_job(job_id: str) -> Job | None:
@@ -296,12 +294,7 @@ def ready_for_assembly(job_id: str) -> bool:
     """True when every page is finished but the job is not: `assemble` is (re)sent."""
     with session_scope() as session:
         job = session.get(Job, job_id)
-        return (
-            job is not None
-            and not JobState(job.state).terminal
-            and job.pages_total is not None
-            and job.pages_done >= job.pages_total
-        )
+        return job is not None and job.awaiting_assembly
 
 
 # -- assemble --------------------------------------------------------------------------
@@ -311,9 +304,7 @@ def begin_assemble(job_id: str) -> Job | None:
     """Loads the job with its pages and regions for assembly; None if already finished."""
     with session_scope() as session:
         job = session.get(Job, job_id, with_for_update=True)
-        if job is None or JobState(job.state).terminal:
-            return None
-        if job.pages_total is None or job.pages_done < job.pages_total:
+        if job is None or not job.awaiting_assembly:
             return None
         job.state = JobState.ASSEMBLING
         for page in job.pages:

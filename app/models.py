@@ -135,6 +135,16 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
     batch: Mapped[Batch | None] = relationship(back_populates="jobs")
+
+    @property
+    def awaiting_assembly(self) -> bool:
+        """Every page is finished but the job is not: `assemble` is due (again)."""
+        return (
+            not JobState(self.state).terminal
+            and self.pages_total is not None
+            and self.pages_done >= self.pages_total
+        )
+
     pages: Mapped[list[Page]] = relationship(
         back_populates="job", order_by="Page.number", cascade="all, delete-orphan"
     )

@@ -7,7 +7,7 @@ import os
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,10 @@ from app import jobs
 from app.db import session_scope
 from app.models import Job, JobState
 from app.processes import start, stop, worker_command
-from app.schemas import JobOptions
+from app.schemas import JobOptions, JobOut
 from app.settings import get_settings
-from app.storage import ObjectStorage, get_storage
+from app.status import job_out, load_job
+from app.storage import ObjectStorage, get_storage, relink_images, result_key
 
 
 def _output_names(files: list[Path], roots: list[str]) -> dict[Path, Path]:
@@ -90,8 +91,19 @@ def wait_with_progress(
             time.sleep(poll)
 
 
+def jobs_table(jobs: Sequence[JobOut]) -> Table:
+    """Jobs as `pagemill status` and `pagemill run` list them."""
+    table = Table("job", "file", "state", "pages", "error")
+    for job in jobs:
+        total = job.progress.pages_total
+        pages = f"{job.progress.pages_done}/{total if total is not None else '?'}"
+        table.add_row(job.id, job.filename, job.state, pages, job.error or "")
+    return table
+
+
 def run_documents(
-    docs: list[str],
+    files: list[Path],
+    roots: list[str],
     out: Path,
     options: JobOptions,
     *,
@@ -100,17 +112,11 @@ def run_documents(
     gpu_workers: int | None,
     console: Console,
 ) -> int:
-    from app.submit import expand_paths, submit_file
+    """Submits `files` (found under `roots`) as one batch, waits, writes the results to
+    `out`. Returns the exit code: 0, 1 if a document failed, 3 if a worker died."""
+    from app.submit import submit_file
 
-    try:
-        files = expand_paths(docs)
-    except FileNotFoundError as exc:
-        console.print(f"[red]{exc}[/red]")
-        return 2
-    if not files:
-        console.print("[red]no files found[/red]")
-        return 2
-    names = _output_names(files, docs)
+    names = _output_names(files, roots)
     processes: list[subprocess.Popen[bytes]] = []
     try:
         if start_workers:
@@ -120,6 +126,9 @@ def run_documents(
         console.print(f"{len(files)} documents submitted as batch {batch_id}")
         wait_with_progress(list(submitted), console, on_idle=lambda: _check_alive(processes))
         stop(processes, idle=True)
+    except WorkerDied as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 3
     finally:
         stop(processes)
     return _write_outputs(submitted, names, out, console)
@@ -160,46 +169,39 @@ def _write_outputs(
 ) -> int:
     storage = get_storage()
     with session_scope() as session:
-        rows = {job_id: session.get(Job, job_id) for job_id in submitted}
-    table = Table("file", "state", "pages", "error")
-    failures = 0
+        rows = {job_id: load_job(session, job_id) for job_id in submitted}
+    failed = []
     for job_id, path in submitted.items():
         job = rows[job_id]
         assert job is not None
-        name = names[path]
         if job.result_markdown_key and job.result_json_key:
-            target = out / name
+            target = out / names[path]
             target.parent.mkdir(parents=True, exist_ok=True)
             images_dir = f"{target.name}.images"
+            document = storage.get(job.result_json_key)
+            _copy_images(job_id, json.loads(document), target.parent / images_dir, storage)
             markdown = storage.get(job.result_markdown_key).decode()
-            document = json.loads(storage.get(job.result_json_key))
-            _copy_images(document, target.parent / images_dir, storage)
-            from_dir = "images/"
-            markdown = markdown.replace(f"]({from_dir}", f"]({images_dir}/")
-            target.with_name(target.name + ".md").write_text(markdown, encoding="utf-8")
-            target.with_name(target.name + ".json").write_text(
-                json.dumps(document, ensure_ascii=False, indent=1), encoding="utf-8"
+            target.with_name(target.name + ".md").write_text(
+                relink_images(markdown, images_dir), encoding="utf-8"
             )
+            target.with_name(target.name + ".json").write_bytes(document)
         if job.state != JobState.SUCCEEDED:
-            failures += 1
-            table.add_row(
-                str(path), job.state, f"{job.pages_done}/{job.pages_total or '?'}", job.error or ""
-            )
-    succeeded = len(submitted) - failures
-    console.print(f"{succeeded} of {len(submitted)} documents succeeded; results in {out}/")
-    if failures:
-        console.print(table)
+            failed.append(job_out(job))
+    console.print(
+        f"{len(submitted) - len(failed)} of {len(submitted)} documents succeeded; results in {out}/"
+    )
+    if failed:
+        console.print(jobs_table(failed))
         return 1
     return 0
 
 
-def _copy_images(document: dict[str, Any], folder: Path, storage: ObjectStorage) -> None:
-    job_id = document["job_id"]
+def _copy_images(
+    job_id: str, document: dict[str, Any], folder: Path, storage: ObjectStorage
+) -> None:
     for page in document["pages"]:
         for region in page["regions"]:
-            image = region.get("image")
-            if image:
+            link = region.get("image")
+            if link:
                 folder.mkdir(parents=True, exist_ok=True)
-                name = image.rsplit("/", 1)[-1]
-                key = f"results/{job_id}/images/{name}"
-                (folder / name).write_bytes(storage.get(key))
+                (folder / Path(link).name).write_bytes(storage.get(result_key(job_id, link)))

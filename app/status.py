@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
@@ -11,17 +12,18 @@ from app.models import Batch, Job, JobState
 from app.schemas import BatchOut, JobOut, PageOut, Progress, ResultLinks, Timings
 
 
-def _seconds(start: object, end: object) -> float | None:
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     if start is None or end is None:
         return None
-    return round((end - start).total_seconds(), 3)  # type: ignore[operator]
+    return round((end - start).total_seconds(), 3)
 
 
 def job_out(job: Job, *, with_pages: bool = False, link_base: str = "") -> JobOut:
     total = job.pages_total
-    percent = 100.0 if JobState(job.state).terminal else 0.0
-    if total and not JobState(job.state).terminal:
-        percent = round(100.0 * job.pages_done / total, 1)
+    if JobState(job.state).terminal:
+        percent = 100.0
+    else:
+        percent = round(100.0 * job.pages_done / total, 1) if total else 0.0
     result = None
     if job.result_markdown_key:
         result = ResultLinks.model_validate(

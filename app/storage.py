@@ -43,16 +43,32 @@ def original_key(sha256: str) -> str:
     return f"originals/{sha256[:2]}/{sha256}"
 
 
+# Kept crops live in this folder beside document.md; the markdown links to them relatively.
+IMAGES_DIR = "images"
+
+
+def work_prefix(job_id: str) -> str:
+    """Intermediate objects of a job, deleted once it is assembled."""
+    return f"work/{job_id}/"
+
+
 def crops_key(job_id: str, page_number: int) -> str:
-    return f"work/{job_id}/page-{page_number:05d}-crops.zip"
+    return f"{work_prefix(job_id)}page-{page_number:05d}-crops.zip"
 
 
-def image_key(job_id: str, page_number: int, index: int) -> str:
-    return f"results/{job_id}/images/page-{page_number:05d}-region-{index:04d}.png"
+def result_key(job_id: str, name: str) -> str:
+    """A result object: `document.md`, `document.json`, or `images/<file>` as linked."""
+    return f"results/{job_id}/{name}"
 
 
-def result_key(job_id: str, fmt: str) -> str:
-    return f"results/{job_id}/document.{fmt}"
+def image_link(page_number: int, index: int) -> str:
+    """A kept crop's path relative to document.md, as the markdown and JSON name it."""
+    return f"{IMAGES_DIR}/page-{page_number:05d}-region-{index:04d}.png"
+
+
+def relink_images(markdown: str, images_dir: str) -> str:
+    """The markdown with its image links pointing at `images_dir` instead of images/."""
+    return markdown.replace(f"]({IMAGES_DIR}/", f"]({images_dir}/")
 
 
 def sha256_file(path: Path) -> str:

@@ -78,35 +78,19 @@ def submit_file(
     job, which `prepare` fails with a readable error, so every input has a visible outcome."""
     settings = settings or get_settings()
     name = filename or path.name
-    option_values = (options or JobOptions()).model_dump(exclude_none=True)
     size = path.stat().st_size
     if size > settings.max_upload_bytes:
         return _refused(
             name,
             batch_id,
-            option_values,
+            options,
             tenant,
             size,
             f"file too large: {size} bytes (the limit is {settings.max_upload_bytes})",
         )
-    with path.open("rb") as f:
-        head = f.read(1024)
-    digest = sha256_file(path)
-    storage = get_storage(settings)
-    key = original_key(digest)
-    if not storage.exists(key):
-        storage.put_file(key, path)
-    job_id = jobs.create_job(
-        filename=name,
-        sha256=digest,
-        size_bytes=size,
-        media_type=sniff_media_type(head),
-        options=option_values,
-        batch_id=batch_id,
-        tenant=tenant,
+    return _store_and_enqueue(
+        path, sha256_file(path), size, name, batch_id, options, tenant, settings
     )
-    send(PREPARE, job_id)
-    return Submitted(job_id=job_id, filename=name)
 
 
 def submit_stream(
@@ -118,31 +102,55 @@ def submit_stream(
     tenant: str = "default",
     settings: Settings | None = None,
 ) -> Submitted:
+    """An upload: spooled to disk and hashed in one pass, then stored like a file."""
     settings = settings or get_settings()
     try:
-        path, _digest, _size = spool(source, settings.max_upload_bytes)
+        path, digest, size = spool(source, settings.max_upload_bytes)
     except FileTooLarge as exc:
-        option_values = (options or JobOptions()).model_dump(exclude_none=True)
-        return _refused(
-            filename, batch_id, option_values, tenant, settings.max_upload_bytes, str(exc)
-        )
+        return _refused(filename, batch_id, options, tenant, settings.max_upload_bytes, str(exc))
     try:
-        return submit_file(
-            path,
-            filename=filename,
-            batch_id=batch_id,
-            options=options,
-            tenant=tenant,
-            settings=settings,
-        )
+        return _store_and_enqueue(path, digest, size, filename, batch_id, options, tenant, settings)
     finally:
         path.unlink(missing_ok=True)
+
+
+def _store_and_enqueue(
+    path: Path,
+    digest: str,
+    size: int,
+    filename: str,
+    batch_id: str | None,
+    options: JobOptions | None,
+    tenant: str,
+    settings: Settings,
+) -> Submitted:
+    with path.open("rb") as f:
+        head = f.read(1024)
+    storage = get_storage(settings)
+    key = original_key(digest)
+    if not storage.exists(key):
+        storage.put_file(key, path)
+    job_id = jobs.create_job(
+        filename=filename,
+        sha256=digest,
+        size_bytes=size,
+        media_type=sniff_media_type(head),
+        options=_option_values(options),
+        batch_id=batch_id,
+        tenant=tenant,
+    )
+    send(PREPARE, job_id)
+    return Submitted(job_id=job_id, filename=filename)
+
+
+def _option_values(options: JobOptions | None) -> dict[str, object]:
+    return (options or JobOptions()).model_dump(exclude_none=True)
 
 
 def _refused(
     filename: str,
     batch_id: str | None,
-    options: dict[str, object],
+    options: JobOptions | None,
     tenant: str,
     size: int,
     error: str,
@@ -153,7 +161,7 @@ def _refused(
         sha256="",
         size_bytes=size,
         media_type=None,
-        options=options,
+        options=_option_values(options),
         batch_id=batch_id,
         tenant=tenant,
     )

@@ -10,8 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-IMAGES_DIR = "images"
-
 
 @dataclass(slots=True)
 class AssemblyRegion:
@@ -25,7 +23,7 @@ class AssemblyRegion:
     state: str = "done"
     score: float | None = None
     polygon: list[Any] | None = None
-    image_name: str | None = None  # file name under images/ for kept crops
+    image: str | None = None  # kept crop, relative to document.md (images/...)
     error: str | None = None
     finish_reason: str | None = None
     truncated: bool = False
@@ -96,8 +94,8 @@ def _region_json(region: AssemblyRegion, page: AssemblyPage) -> dict[str, Any]:
     }
     if region.polygon:
         data["polygon"] = region.polygon
-    if region.image_name:
-        data["image"] = f"{IMAGES_DIR}/{region.image_name}"
+    if region.image:
+        data["image"] = region.image
     if region.error:
         data["error"] = region.error
     if region.truncated:
@@ -132,8 +130,8 @@ def _page_blocks(page: AssemblyPage) -> list[str]:
         if position in numbers.values():
             continue  # printed as the \tag of its formula
         if region.task == "skip":
-            if region.image_name:
-                blocks.append(f"![{region.label}]({IMAGES_DIR}/{region.image_name})")
+            if region.image:
+                blocks.append(f"![{region.label}]({region.image})")
             continue
         text = (region.content or "").strip()
         if not text:
@@ -220,8 +218,3 @@ def _is_prose(block: str) -> bool:
 
 def _comment_safe(text: str) -> str:
     return text.replace("--", "—").replace("\n", " ")[:500]
-
-
-def export_markdown(markdown: str, images_dir: str) -> str:
-    """The markdown with its image links pointing at `images_dir` instead of images/."""
-    return markdown.replace(f"]({IMAGES_DIR}/", f"]({images_dir}/")

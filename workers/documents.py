@@ -143,8 +143,6 @@ def render_page(
                     array = np.array(bitmap.to_numpy(), copy=True)  # to_numpy() is a view
                 finally:
                     bitmap.close()
-            except DocumentError:
-                raise
             except Exception as exc:
                 raise DocumentError(f"page {number} could not be rendered ({exc})") from None
             finally:
@@ -158,7 +156,7 @@ def render_page(
             frame = image.convert("RGB")
         except (OSError, EOFError, ValueError) as exc:
             raise DocumentError(f"page {number} unreadable ({exc})") from None
-        scale = min(1.0, math.sqrt(max_pixels / (frame.width * frame.height)))
+        scale = render_scale(frame.width, frame.height, 72.0, max_pixels)  # 1.0 unless capped
         if scale < 1.0:
             size = (max(1, round(frame.width * scale)), max(1, round(frame.height * scale)))
             frame = frame.resize(size, Image.Resampling.LANCZOS)

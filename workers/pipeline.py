@@ -22,9 +22,10 @@ from app.settings import Settings
 from app.storage import (
     crops_key,
     get_storage,
-    image_key,
+    image_link,
     original_key,
     result_key,
+    work_prefix,
 )
 from workers import assemble
 from workers.crops import bundle_crops, crop_region, encode_png, unbundle_crops
@@ -181,7 +182,8 @@ def _layout_page(job: Job, number: int, settings: Settings) -> int:
     options = PageOptions.of(job, settings)
     storage = get_storage(settings)
     path = fetch_original(job.content_sha256, settings)
-    media_type = _media_type(path)
+    media_type = job.media_type
+    assert media_type is not None, "prepare refuses documents of no known type"
 
     started = time.perf_counter()
     rendered = render_page(path, media_type, number, options.dpi, settings.render_max_pixels)
@@ -202,7 +204,7 @@ def _layout_page(job: Job, number: int, settings: Settings) -> int:
         layout_ms = (time.perf_counter() - started) * 1000
         layout_name = f"{engine.name}/{engine.version}"
 
-    texts = _text_layer(path, media_type, number, rendered.scale, regions, options)
+    text_layer, texts = _text_layer(path, media_type, number, rendered.scale, regions, options)
     routes = routing_table(settings.label_routes)
     rows: list[dict[str, Any]] = []
     crops = {}
@@ -222,7 +224,7 @@ def _layout_page(job: Job, number: int, settings: Settings) -> int:
         if task == RecognitionTask.ABANDON:
             row["source"] = RegionSource.NONE
         elif task == RecognitionTask.SKIP:
-            key = image_key(job.id, number, index)
+            key = result_key(job.id, image_link(number, index))
             storage.put(key, encode_png(crop_region(image, region.bbox, 0)), "image/png")
             row.update(source=RegionSource.IMAGE, image_key=key)
         elif text is not None:
@@ -240,20 +242,9 @@ def _layout_page(job: Job, number: int, settings: Settings) -> int:
         "render_ms": render_ms,
         "layout_ms": layout_ms,
         "layout_engine": layout_name,
-        "text_layer": texts.status,
+        "text_layer": text_layer,
     }
     return jobs.record_layout(job.id, number, page_values, rows)
-
-
-@dataclass(slots=True)
-class RegionTexts:
-    """Text-layer content per region index, for the regions that take it."""
-
-    status: str | None = None  # trusted | untrusted | absent | None (not consulted)
-    by_index: dict[int, str] | None = None
-
-    def get(self, index: int) -> str | None:
-        return (self.by_index or {}).get(index)
 
 
 def _text_layer(
@@ -263,20 +254,21 @@ def _text_layer(
     scale: float,
     regions: list[LayoutRegion],
     options: PageOptions,
-) -> RegionTexts:
-    """In `auto` mode, regions whose text layer passes the trust check take it instead of OCR
-    (so a born-digital page never waits for the recognizer); in `text` mode every region
-    does; `ocr` never reads it."""
+) -> tuple[str | None, dict[int, str]]:
+    """The page's text-layer verdict (None when not consulted) and the text of each region
+    index that takes it: in `auto` mode the regions that pass the trust check (so a
+    born-digital page never waits for the recognizer), in `text` mode all; `ocr` none."""
     if media_type != PDF or options.text_mode == "ocr" or options.extract:
-        return RegionTexts()
+        return None, {}
     from workers.textlayer import read_region_texts
 
     layer = read_region_texts(path, number - 1, scale, [r.bbox for r in regions])
-    by_index: dict[int, str] = {}
-    for index, found in enumerate(layer.regions):
-        if options.text_mode == "text" or found.trusted:
-            by_index[index] = found.text
-    return RegionTexts(status=layer.status, by_index=by_index)
+    texts = {
+        index: found.text
+        for index, found in enumerate(layer.regions)
+        if options.text_mode == "text" or found.trusted
+    }
+    return layer.status, texts
 
 
 # -- recognize -------------------------------------------------------------------------
@@ -312,11 +304,9 @@ def recognize_page(job_id: str, number: int, settings: Settings) -> list[Message
     results = engine.recognize(requests)
     elapsed_ms = (time.perf_counter() - started) * 1000
     engine_name = f"{engine.name}/{engine.version}"
-    unreachable = [r for r in results if r.extra.get("unavailable")]
+    unreachable = [r for r in results if r.unavailable]
     jobs.record_region_results(
-        job_id,
-        number,
-        [_result_row(r, engine_name) for r in results if not r.extra.get("unavailable")],
+        job_id, number, [_result_row(r, engine_name) for r in results if not r.unavailable]
     )
     if unreachable:
         # Those regions stay pending: the page goes back to the queue until the server is back.
@@ -359,7 +349,7 @@ def assemble_job(job_id: str, settings: Settings) -> list[Message]:
         markdown += "\n```\n"
     else:
         markdown = assemble.document_markdown(pages)
-    md_key, json_key = result_key(job.id, "md"), result_key(job.id, "json")
+    md_key, json_key = result_key(job.id, "document.md"), result_key(job.id, "document.json")
     storage.put(md_key, markdown.encode(), "text/markdown; charset=utf-8")
     storage.put(
         json_key,
@@ -367,7 +357,7 @@ def assemble_job(job_id: str, settings: Settings) -> list[Message]:
         "application/json",
     )
     jobs.finish_job(job.id, md_key, json_key)
-    storage.delete_prefix(f"work/{job.id}/")
+    storage.delete_prefix(work_prefix(job.id))
     return []
 
 
@@ -392,7 +382,7 @@ def _assembly_page(page: Any) -> assemble.AssemblyPage:
                 state=r.state,
                 score=r.score,
                 polygon=r.polygon,
-                image_name=r.image_key.rsplit("/", 1)[-1] if r.image_key else None,
+                image=image_link(page.number, r.index) if r.image_key else None,
                 error=r.error,
                 finish_reason=r.finish_reason,
                 truncated=r.truncated,

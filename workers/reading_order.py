@@ -288,16 +288,6 @@ def _anchor(r: LayoutRegion, ordered: Sequence[LayoutRegion]) -> LayoutRegion:
     return min(pool, key=lambda o: (_gap_distance(r.bbox, o.bbox), *_pos_key(o)))
 
 
-def _merge_intervals(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
-    merged: list[tuple[float, float]] = []
-    for a, b in sorted(intervals):
-        if merged and a <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-        else:
-            merged.append((a, b))
-    return merged
-
-
 def detect_columns(
     boxes: Sequence[Box], page_width: float, min_gutter: float = _MIN_GUTTER
 ) -> list[tuple[float, float]]:

@@ -1,8 +1,9 @@
 """The Celery tasks: thin shells that call workers.pipeline and send what it returns.
 
-Errors fall in two kinds. Transient ones (database, broker or storage unreachable) are
-retried with backoff until the service is back. Anything else is retried a bounded number of
-times, counted in the database, and then ends as an error on that page or job.
+Errors fall in two kinds. Transient ones (database, broker, storage or recognition server
+unreachable) are retried with backoff for as long as the outage lasts: the work waits, it is
+never dropped. Anything else is retried a bounded number of times, counted in the database,
+and then ends as an error on that page or job.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery.exceptions import Reject
 from celery.signals import worker_init, worker_process_init
 from kombu.exceptions import OperationalError as BrokerError
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app import jobs
 from app.queue import ASSEMBLE, PAGE, PREPARE, RECOGNIZE, get_celery, send
@@ -31,16 +32,16 @@ from workers.engines.base import EngineDead, EngineUnavailable
 log = logging.getLogger(__name__)
 celery_app = get_celery()
 
+# Connection-level failures only: an integrity or data error will not pass by waiting.
 TRANSIENT = (
     OperationalError,
-    DBAPIError,
+    InterfaceError,
     StorageError,
     BrokerError,
     ConnectionError,
     TimeoutError,
     EngineUnavailable,
 )
-TRANSIENT_MAX_RETRIES = 30
 
 
 def _backoff(retries: int) -> float:
@@ -63,22 +64,23 @@ def _run(
         if on_transient is not None:
             with contextlib.suppress(Exception):  # the database may be what is down
                 on_transient()
-        raise task.retry(
-            exc=exc, countdown=_backoff(task.request.retries), max_retries=TRANSIENT_MAX_RETRIES
-        ) from exc
-    except (Exception, SoftTimeLimitExceeded) as exc:
+        raise task.retry(exc=exc, countdown=_backoff(task.request.retries)) from exc
+    except Exception as exc:  # SoftTimeLimitExceeded included
         log.exception("%s failed", task.name)
         if on_error is not None:
             on_error(f"{type(exc).__name__}: {exc}")
         # Bounded by the attempts counted in the database, not by Celery's counter.
-        raise task.retry(
-            exc=exc, countdown=_backoff(task.request.retries), max_retries=None
-        ) from exc
+        raise task.retry(exc=exc, countdown=_backoff(task.request.retries)) from exc
     for name, args in messages:
         send(name, *args)
 
 
-@celery_app.task(name=PREPARE, bind=True, acks_late=True)
+# max_retries=None: Celery never gives up on a message (it would drop it with its page
+# unfinished); outages wait, and the attempts counted in the database end the rest.
+TASK_OPTIONS: dict[str, Any] = {"bind": True, "acks_late": True, "max_retries": None}
+
+
+@celery_app.task(name=PREPARE, **TASK_OPTIONS)
 def prepare(self: Task, job_id: str) -> None:
     _run(
         self,
@@ -87,7 +89,7 @@ def prepare(self: Task, job_id: str) -> None:
     )
 
 
-@celery_app.task(name=PAGE, bind=True, acks_late=True, soft_time_limit=600, time_limit=660)
+@celery_app.task(name=PAGE, soft_time_limit=600, time_limit=660, **TASK_OPTIONS)
 def page(self: Task, job_id: str, number: int) -> None:
     _run(
         self,
@@ -97,7 +99,7 @@ def page(self: Task, job_id: str, number: int) -> None:
     )
 
 
-@celery_app.task(name=RECOGNIZE, bind=True, acks_late=True)
+@celery_app.task(name=RECOGNIZE, **TASK_OPTIONS)
 def recognize(self: Task, job_id: str, number: int) -> None:
     _run(
         self,
@@ -107,7 +109,7 @@ def recognize(self: Task, job_id: str, number: int) -> None:
     )
 
 
-@celery_app.task(name=ASSEMBLE, bind=True, acks_late=True, soft_time_limit=1800, time_limit=1900)
+@celery_app.task(name=ASSEMBLE, soft_time_limit=1800, time_limit=1900, **TASK_OPTIONS)
 def assemble(self: Task, job_id: str) -> None:
     settings = get_settings()
 
@@ -175,7 +177,12 @@ def _require_schema(**_: Any) -> None:
 worker_init.connect(_require_schema, weak=False)
 # Prefork children build their own engines; threads and solo pools build them once.
 worker_process_init.connect(_preload, weak=False)
-worker_init.connect(
-    lambda **kw: _preload(**kw) if os.environ.get("PAGEMILL_POOL") in ("threads", "solo") else None,
-    weak=False,
-)
+
+
+def _preload_in_main_process(**kwargs: Any) -> None:
+    # The threads and solo pools run tasks in the main process: build the engines there, once.
+    if os.environ.get("PAGEMILL_POOL") in ("threads", "solo"):
+        _preload(**kwargs)
+
+
+worker_init.connect(_preload_in_main_process, weak=False)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from app.storage import relink_images
 from workers.assemble import (
     AssemblyPage,
     AssemblyRegion,
     bbox_norm,
     document_json,
     document_markdown,
-    export_markdown,
 )
 
 
@@ -127,7 +127,7 @@ def test_skipped_images_are_linked_and_abandoned_regions_only_in_json() -> None:
         page(
             1,
             region(0, "header", "RUNNING HEADER", task="abandon"),
-            region(1, "image", None, task="skip", image_name="page-00001-region-0001.png"),
+            region(1, "image", None, task="skip", image="images/page-00001-region-0001.png"),
             region(2, "chart", None, task="skip"),  # no crop kept: nothing to link
             region(3, "text", "Body text."),
             region(4, "footer", "Page 1 of 9", task="abandon"),
@@ -136,7 +136,7 @@ def test_skipped_images_are_linked_and_abandoned_regions_only_in_json() -> None:
     markdown = document_markdown(pages)
     assert blocks(markdown) == ["![image](images/page-00001-region-0001.png)", "Body text."]
     assert "RUNNING HEADER" not in markdown and "Page 1 of 9" not in markdown
-    assert export_markdown(markdown, "report.images").count("](report.images/page-00001") == 1
+    assert relink_images(markdown, "report.images").count("](report.images/page-00001") == 1
 
     document = document_json(job_id="j1", filename="f.pdf", pages=pages)
     regions = document["pages"][0]["regions"]

@@ -144,7 +144,7 @@ class OpenAIRecognizer:
         image = np.full((56, 112, 3), 255, dtype=np.uint8)
         image[20:36, 10:100] = 0
         result = self.recognize([RecognitionRequest("warmup", image, RecognitionTask.TEXT)])[0]
-        if result.error and result.extra.get("unavailable"):
+        if result.error and result.unavailable:
             raise ServerUnavailable(result.error)
         return result
 
@@ -235,8 +235,7 @@ class OpenAIRecognizer:
             attempts=attempts,
             template=template,
         )
-        if unavailable:
-            result.extra["unavailable"] = True
+        result.unavailable = unavailable
         return result
 
     def _post(self, body: dict[str, Any]) -> Completion:

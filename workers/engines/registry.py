@@ -49,10 +49,3 @@ def build_recognizer(settings: Settings) -> Recognizer:
     from workers.engines.recognize_rapidocr import RapidOcrRecognizer
 
     return RapidOcrRecognizer(threads=settings.onnx_threads)
-
-
-def close_all() -> None:
-    with _lock:
-        engine = _engines.pop("recognizer", None)
-    if engine is not None:
-        engine.close()

@@ -53,4 +53,7 @@ class RecognitionResult:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     attempts: int = 1
+    # The engine's server could not be reached (after its own retries): the region is not
+    # failed, it waits for the server.
+    unavailable: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
