@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.settings import Settings, get_settings
 
 # The newest migration in alembic/versions. tests/test_migrations.py keeps them in step.
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 
 
 class DatabaseNotMigrated(RuntimeError):

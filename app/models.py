@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     DateTime,
+    Enum,
     Float,
     ForeignKey,
     ForeignKeyConstraint,
@@ -65,10 +66,11 @@ class JobState(StrEnum):
     SUCCEEDED = "succeeded"
     PARTIAL = "partial"  # some pages failed; the rest is in the result
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
     @property
     def terminal(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.PARTIAL, JobState.FAILED)
+        return self in (JobState.SUCCEEDED, JobState.PARTIAL, JobState.FAILED, JobState.CANCELLED)
 
 
 class PageState(StrEnum):
@@ -77,16 +79,30 @@ class PageState(StrEnum):
     RECOGNIZING = "recognizing"  # waiting for or on a gpu worker
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # its job was cancelled before the page was done
 
     @property
     def terminal(self) -> bool:
-        return self in (PageState.SUCCEEDED, PageState.FAILED)
+        return self in (PageState.SUCCEEDED, PageState.FAILED, PageState.CANCELLED)
 
 
 class RegionState(StrEnum):
     PENDING = "pending"  # waiting for the recognizer
     DONE = "done"
     FAILED = "failed"
+
+
+def state_column(enum: type[StrEnum]) -> Enum:
+    """A state stored as its plain string value (VARCHAR, no database enum type), read back
+    as the Python enum."""
+    return Enum(
+        enum,
+        native_enum=False,
+        create_constraint=False,
+        length=16,
+        values_callable=lambda members: [m.value for m in members],
+        validate_strings=True,
+    )
 
 
 class RegionSource(StrEnum):
@@ -120,9 +136,15 @@ class Job(Base):
     media_type: Mapped[str | None] = mapped_column(String(64))
     options: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
-    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED)
+    state: Mapped[JobState] = mapped_column(state_column(JobState), default=JobState.QUEUED)
     error: Mapped[str | None] = mapped_column(Text)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # deliveries of `prepare`
+    assemble_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The worker process running its prepare or assemble, and its last sign of life.
+    held_by: Mapped[str | None] = mapped_column(String(128))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # A document password, encrypted with PAGEMILL_SECRET_KEY; never stored in clear.
+    password_ciphertext: Mapped[str | None] = mapped_column(Text)
     pages_total: Mapped[int | None] = mapped_column(Integer)
     pages_done: Mapped[int] = mapped_column(Integer, default=0)  # the fan-in counter
     pages_failed: Mapped[int] = mapped_column(Integer, default=0)
@@ -131,6 +153,7 @@ class Job(Base):
     result_json_key: Mapped[str | None] = mapped_column(String(1024))
 
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
@@ -152,15 +175,20 @@ class Job(Base):
 
 class Page(Base):
     __tablename__ = "pages"
+    __table_args__ = (Index("ix_pages_state_updated", "state", "updated_at"),)
 
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
     number: Mapped[int] = mapped_column(Integer, primary_key=True)  # 1-based
     tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
 
-    state: Mapped[str] = mapped_column(String(16), default=PageState.QUEUED)
+    state: Mapped[PageState] = mapped_column(state_column(PageState), default=PageState.QUEUED)
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     recognize_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The worker process holding the page's message now, and its last sign of life.
+    held_by: Mapped[str | None] = mapped_column(String(128))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=utcnow)
 
     width_pt: Mapped[float | None] = mapped_column(Float)  # size in the document
     height_pt: Mapped[float | None] = mapped_column(Float)
@@ -203,8 +231,13 @@ class Region(Base):
     bbox: Mapped[list[Any]] = mapped_column()  # [x0, y0, x1, y1] pixels at page dpi
     polygon: Mapped[list[Any] | None] = mapped_column()
 
-    state: Mapped[str] = mapped_column(String(16), default=RegionState.PENDING)
+    state: Mapped[RegionState] = mapped_column(
+        state_column(RegionState), default=RegionState.PENDING
+    )
     source: Mapped[str | None] = mapped_column(String(16))
+    # Why the region was routed against its label (e.g. an "abandoned" label too large to
+    # be a page header), for the JSON result.
+    note: Mapped[str | None] = mapped_column(String(255))
     content: Mapped[str | None] = mapped_column(Text)
     image_key: Mapped[str | None] = mapped_column(String(1024))  # kept crop (skip regions)
     engine: Mapped[str | None] = mapped_column(String(128))
@@ -215,3 +248,19 @@ class Region(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class ApiKey(Base):
+    """An API key names its tenant. Only the key's SHA-256 is stored; the key itself is
+    shown once, when it is created."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # first characters, to tell keys apart
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())

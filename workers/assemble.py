@@ -27,6 +27,8 @@ class AssemblyRegion:
     error: str | None = None
     finish_reason: str | None = None
     truncated: bool = False
+    source_label: str | None = None  # the layout engine's own label, before mapping
+    note: str | None = None  # why it was routed against its label
 
 
 @dataclass(slots=True)
@@ -83,6 +85,7 @@ def _region_json(region: AssemblyRegion, page: AssemblyPage) -> dict[str, Any]:
     data: dict[str, Any] = {
         "index": region.index,
         "label": region.label,
+        "source_label": region.source_label,
         "task": region.task,
         "bbox": [round(v, 1) for v in region.bbox],
         "bbox_norm": bbox_norm(region.bbox, page.width, page.height),
@@ -100,6 +103,8 @@ def _region_json(region: AssemblyRegion, page: AssemblyPage) -> dict[str, Any]:
         data["error"] = region.error
     if region.truncated:
         data["truncated"] = True
+    if region.note:
+        data["note"] = region.note
     return data
 
 

@@ -4,8 +4,9 @@ label → recognition-task routing table."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-from workers.engines.types import RecognitionTask
+from workers.engines.types import LayoutRegion, RecognitionTask
 
 LABELS: tuple[str, ...] = (
     "abstract",
@@ -46,7 +47,9 @@ CDLA_TO_LABEL: Mapping[str, str] = {
     "table_caption": "figure_title",
     "header": "header",
     "footer": "footer",
-    "reference": "reference",
+    # CDLA's "Reference" is a bibliography's entries (PP-DocLayout-V3's reference_content,
+    # read as text), and the model also gives it to ordinary body paragraphs.
+    "reference": "reference_content",
     "equation": "display_formula",
 }
 
@@ -80,3 +83,44 @@ def routing_table(overrides: Mapping[str, str] | None = None) -> dict[str, Recog
             raise ValueError(f"label_routes: unknown label {label!r}; labels are {LABELS}")
         routes[label] = RecognitionTask(task)
     return routes
+
+
+# An abandoned label (page header, footer, page number, footnote, margin note...) is a line
+# or two in a page margin. A region with such a label that is thicker than a few lines, or
+# covers a large share of the page, is body text the layout model mislabelled: dropping it
+# would lose content silently, so it is read as text instead.
+LINE_SHARE = 1 / 60  # a line of body text, as a share of the page's longer side
+MAX_ABANDONED_LINES = 4
+MAX_ABANDONED_AREA_SHARE = 0.06
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    task: RecognitionTask
+    note: str | None = None  # why the task differs from the label's route
+
+
+def route_region(
+    region: LayoutRegion,
+    routes: Mapping[str, RecognitionTask],
+    page_width: float,
+    page_height: float,
+) -> Route:
+    """The region's task by its label, except that an abandoned label on a region larger
+    than such regions ever are is read as text (see MAX_ABANDONED_LINES)."""
+    task = routes[region.label]
+    if task != RecognitionTask.ABANDON or page_width <= 0 or page_height <= 0:
+        return Route(task)
+    x0, y0, x1, y1 = region.bbox
+    width, height = max(0.0, x1 - x0), max(0.0, y1 - y0)
+    # Lines run along the longer side of a block (vertical text too): its thickness across
+    # the lines is the shorter side.
+    lines = min(width, height) / (LINE_SHARE * max(page_width, page_height))
+    area_share = width * height / (page_width * page_height)
+    if lines > MAX_ABANDONED_LINES or area_share > MAX_ABANDONED_AREA_SHARE:
+        return Route(
+            RecognitionTask.TEXT,
+            f"read as text: a {region.label} region of about {lines:.0f} lines "
+            f"({area_share:.0%} of the page) is larger than a {region.label} can be",
+        )
+    return Route(task)

@@ -45,7 +45,7 @@ from workers.engines.types import (
     RecognitionResult,
     RecognitionTask,
 )
-from workers.labels import routing_table
+from workers.labels import route_region, routing_table
 from workers.reading_order import arrange_page
 
 log = logging.getLogger(__name__)
@@ -209,11 +209,13 @@ def _layout_page(job: Job, number: int, settings: Settings) -> int:
     rows: list[dict[str, Any]] = []
     crops = {}
     for index, region in enumerate(regions):
-        task = EXTRACT if options.extract else routes[region.label].value
+        route = route_region(region, routes, width, height)
+        task = EXTRACT if options.extract else route.task.value
         row: dict[str, Any] = {
             "index": index,
             "label": region.label,
             "source_label": region.source_label,
+            "note": None if options.extract else route.note,
             "task": task,
             "score": region.score,
             "bbox": [float(v) for v in region.bbox],
@@ -374,6 +376,8 @@ def _assembly_page(page: Any) -> assemble.AssemblyPage:
             assemble.AssemblyRegion(
                 index=r.index,
                 label=r.label,
+                source_label=r.source_label,
+                note=r.note,
                 task=r.task,
                 bbox=list(r.bbox),
                 content=r.content,

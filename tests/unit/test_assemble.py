@@ -241,6 +241,7 @@ def test_json_region_fields() -> None:
     assert out == {
         "index": 0,
         "label": "text",
+        "source_label": None,
         "task": "text",
         "bbox": [100.0, 200.1, 900.0, 400.0],
         "bbox_norm": [100, 100, 900, 200],

@@ -54,7 +54,7 @@ def test_regions_from_rapid_all_cdla_labels() -> None:
         "figure_title",
         "header",
         "footer",
-        "reference",
+        "reference_content",
         "display_formula",
     ]
 

@@ -23,7 +23,7 @@ from app.settings import Settings
 from tests.support import services
 
 ROOT = Path(__file__).resolve().parents[2]
-TABLES = {"batches", "jobs", "pages", "regions"}
+TABLES = {"api_keys", "batches", "jobs", "pages", "regions"}
 
 
 @pytest.fixture(autouse=True)
