@@ -62,9 +62,7 @@ def test_loads_from_a_folder_with_the_25_labels(engine: TransformersLayoutEngine
 
 
 @pytest.mark.parametrize("size", [1, 4, 8])
-def test_batches_of_pages_in_one_forward_pass(
-    engine: TransformersLayoutEngine, size: int
-) -> None:
+def test_batches_of_pages_in_one_forward_pass(engine: TransformersLayoutEngine, size: int) -> None:
     before = len(engine.batch_sizes)
     results = engine.detect_many(pages(size))
     assert list(engine.batch_sizes)[before:] == [size]
@@ -151,7 +149,7 @@ def test_missing_or_incomplete_folder(tmp_path: Path) -> None:
         TransformersLayoutEngine(tmp_path / "nothing-here")
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.json").write_text("{}")
-    with pytest.raises(LayoutModelMissing, match="lacks preprocessor_config.json"):
+    with pytest.raises(LayoutModelMissing, match=r"lacks preprocessor_config\.json"):
         TransformersLayoutEngine(tmp_path / "half")
 
 

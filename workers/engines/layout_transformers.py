@@ -254,7 +254,7 @@ class TransformersLayoutEngine:
             )
         started = time.perf_counter()
         self._processor = PPDocLayoutV3ImageProcessor.from_pretrained(self.folder)
-        model = PPDocLayoutV3ForObjectDetection.from_pretrained(
+        model: Any = PPDocLayoutV3ForObjectDetection.from_pretrained(
             self.folder, dtype=getattr(torch, self.dtype)
         )
         self._model = model.to(self.device).eval()
