@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.corpus import CORPUS
+from benchmarks.procs import self_peak_mib
 
 OUT = Path(__file__).resolve().parent / "results" / "layout-speed.json"
 
@@ -94,16 +95,20 @@ def measure_batched(
         engine.batch_size = size
         passes_before = len(engine.batch_sizes)
         regions = 0
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for i in range(0, len(images), size):
             regions += sum(len(r) for r in engine.detect_many(images[i : i + size]))
         seconds = time.perf_counter() - start
+        cpu_seconds = time.process_time() - cpu_start
         passes = list(engine.batch_sizes)[passes_before:]
         runs.append(
             {
                 "batch": size,
                 "pages": len(images),
                 "ms_per_page": round(seconds * 1000 / len(images), 1),
+                # CPU time of all threads: the cost on an idle machine, whatever the load.
+                "cpu_ms_per_page": round(cpu_seconds * 1000 / len(images), 1),
+                "peak_rss_mib_so_far": self_peak_mib(),
                 "forward_passes": passes,
                 "regions": regions,
             }
@@ -155,12 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "dpi": args.dpi,
         "repeat": args.repeat,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average": os.getloadavg()[0],
+        },
         "engines": [],
         "skipped": {},
     }
     if "transformers" in engines:
-        from benchmarks.procs import self_peak_mib
         from workers.engines.layout_transformers import TransformersLayoutEngine
 
         model = transformers_model(args.model)
@@ -182,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         for run in result["batches"]:
             print(
                 f"{'transformers':14} {run['ms_per_page']:7.1f} ms/page at batch {run['batch']} "
-                f"over {run['pages']} pages, {result['device']} {result['dtype']} "
+                f"({run['cpu_ms_per_page']:.0f} CPU-ms/page) over {run['pages']} pages, "
+                f"{result['device']} {result['dtype']}, peak RSS {run['peak_rss_mib_so_far']} MiB "
                 f"(passes {run['forward_passes']})"
             )
         print(
