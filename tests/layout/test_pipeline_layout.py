@@ -58,6 +58,14 @@ def layout_workers(layout_env: dict[str, str], session_dir: Path) -> Iterator[Pa
     with services.workers(layout_env, {"layout": 4, "gpu": 1}, log_dir=logs) as processes:
         _wait_for_line(logs / "worker-layout.log", " ready.", processes["layout"], timeout=300)
         yield logs
+        print(f"layout worker peak RSS: {_peak_rss_mib(processes['layout'].pid)} MiB")
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
 
 
 def _wait_for_line(
