@@ -19,6 +19,9 @@ from tests.support import services
 pytestmark = pytest.mark.integration
 
 
+ARGS = ["worker", "layout", "--gpus", "0,1", "--concurrency", "2"]
+
+
 def _environ(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
@@ -38,8 +41,7 @@ def test_one_layout_worker_per_gpu(stack_env: dict[str, str], tmp_path: Path) ->
     root = Path(__file__).resolve().parents[2]
     parent = subprocess.Popen(
         # This checkout's CLI (the `pagemill` script may belong to another install).
-        [sys.executable, "-c", "from app.cli import main; main()"]
-        + ["worker", "layout", "--gpus", "0,1", "--concurrency", "2"],
+        [sys.executable, "-c", "from app.cli import main; main()", *ARGS],
         cwd=root,
         env=env,
         stdout=subprocess.DEVNULL,
