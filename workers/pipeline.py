@@ -209,13 +209,13 @@ def _layout_page(job: Job, number: int, settings: Settings) -> int:
     rows: list[dict[str, Any]] = []
     crops = {}
     for index, region in enumerate(regions):
-        route = route_region(region, routes, width, height)
-        task = EXTRACT if options.extract else route.task.value
+        route = None if options.extract else route_region(region, routes, width, height)
+        task = route.task.value if route else EXTRACT
         row: dict[str, Any] = {
             "index": index,
             "label": region.label,
             "source_label": region.source_label,
-            "note": None if options.extract else route.note,
+            "note": route.note if route else None,
             "task": task,
             "score": region.score,
             "bbox": [float(v) for v in region.bbox],
