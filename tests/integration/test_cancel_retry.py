@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from app import jobs
+from app import control, jobs
 from app.db import session_scope
 from app.models import Job, JobState, Page, PageState, Region
 from app.storage import result_key, work_prefix
@@ -145,6 +146,13 @@ def _drain(tmp_path: Path) -> None:
     assert wait_for_jobs([job_id], timeout=TIMEOUT) == {job_id: "succeeded"}
 
 
+def _finished_one_recognizing_next(job_id: str) -> bool:
+    pages = _pages(job_id).values()
+    return any(p.state == PageState.SUCCEEDED for p in pages) and any(
+        p.state == PageState.RECOGNIZING and p.recognize_attempts for p in pages
+    )
+
+
 def _assert_cancelled_cleanly(env: dict[str, str], job_id: str, cancelled_at: datetime) -> None:
     """After the cancel nothing ran for the job: no page finished, no region recognized,
     no result written, and its work objects are gone."""
@@ -166,17 +174,23 @@ def _assert_cancelled_cleanly(env: dict[str, str], job_id: str, cancelled_at: da
 def test_cancel_a_job_mid_flight_over_http(
     env: dict[str, str], api: httpx.Client, tmp_path: Path
 ) -> None:
-    pdf = documents.make_scanned_pdf(tmp_path / "long.pdf", [_text_page(n) for n in range(1, 13)])
+    # Dense pages keep the recognizer busy for a while, so the cancel lands while one is
+    # being recognized and the cpu works on the pages after it.
+    dense = [
+        (
+            f"Section {n}",
+            [f"Line {i} of page {n}, dense enough to take a while." for i in range(24)],
+        )
+        for n in range(1, 13)
+    ]
+    pdf = documents.make_scanned_pdf(tmp_path / "long.pdf", dense)
     with services.workers(env, {"cpu": 1, "gpu": 1}, log_dir=tmp_path):
         response = api.post(
             "/v1/jobs", files={"files": ("long.pdf", pdf.read_bytes(), "application/pdf")}
         )
         assert response.status_code == 201, response.text
         job_id = response.json()["jobs"][0]["id"]
-        _wait_until(
-            lambda: any(p.state == PageState.SUCCEEDED for p in _pages(job_id).values()),
-            "no page finished",
-        )
+        _wait_until(lambda: _finished_one_recognizing_next(job_id), "no page finished")
 
         response = api.delete(f"/v1/jobs/{job_id}")
         assert response.status_code == 200, response.text
@@ -262,6 +276,32 @@ def test_cancel_a_batch_and_a_job_from_the_cli_then_retry_one(
     assert api.delete("/v1/jobs/" + "0" * 32).status_code == 404
     assert api.delete("/v1/batches/" + "0" * 32).status_code == 404
     assert pagemill(env, "cancel", "0" * 32).returncode == 2
+
+
+def test_a_page_rendering_when_its_job_is_cancelled_leaves_no_work_objects(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """The cancel call deletes the job's work objects; a page task that was rendering then
+    writes its crops after that, sees the cancel, and deletes them itself. The pipeline runs
+    in this process, so the cancel lands between the page's claim and its layout record."""
+    from app.settings import get_settings
+    from workers import pipeline
+
+    pdf = documents.make_scanned_pdf(tmp_path / "one.pdf", [_text_page(1)])
+    job_id = submit_file(pdf).job_id
+    settings = get_settings()
+    assert pipeline.prepare_document(job_id, settings) == [("pagemill.page", (job_id, 1))]
+    with ThreadPoolExecutor(1) as pool:
+        rendering = pool.submit(pipeline.process_page, job_id, 1, settings)
+        _wait_until(lambda: _pages(job_id)[1].attempts == 1, "the page was not claimed")
+        outcome = control.cancel_job(job_id)
+        assert outcome is not None and outcome.changed
+        assert rendering.result() == []
+    assert _pages(job_id)[1].state == PageState.CANCELLED
+    assert _regions(job_id) == []
+    assert _keys(env, work_prefix(job_id)) == []
+    # A message delivered later finds nothing to do, and leaves nothing either.
+    assert pipeline.recognize_page(job_id, 1, settings) == []
 
 
 # -- retry -----------------------------------------------------------------------------
