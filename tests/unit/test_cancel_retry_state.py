@@ -186,3 +186,15 @@ def test_batch_job_ids() -> None:
     assert set(jobs.batch_job_ids(batch_id) or []) == ids
     assert jobs.batch_job_ids(batch_id, tenant="other") is None
     assert jobs.batch_job_ids("missing") is None
+
+
+def test_a_batch_is_cancelled_when_every_job_is() -> None:
+    from collections import Counter
+
+    from app.status import batch_state
+
+    assert batch_state(Counter({"cancelled": 2})) == "cancelled"
+    assert batch_state(Counter({"cancelled": 1, "succeeded": 1})) == "partial"
+    assert batch_state(Counter({"cancelled": 1, "running": 1})) == "running"
+    assert batch_state(Counter({"succeeded": 2})) == "succeeded"
+    assert batch_state(Counter({"failed": 2})) == "failed"
