@@ -378,6 +378,11 @@ def test_retry_reprocesses_only_what_failed(
     response = api.post(f"/v1/jobs/{mixed_id}/retry")
     assert response.status_code == 409 and "succeeded" in response.json()["detail"]
     assert api.post(f"/v1/batches/{batch_id}/retry").status_code == 409
+    result = pagemill(env, "retry", batch_id)
+    assert result.returncode == 1 and "nothing to retry" in result.stderr
+    # Nor is there anything left to cancel in the batch.
+    response = api.delete(f"/v1/batches/{batch_id}")
+    assert response.status_code == 409 and "every job has ended" in response.json()["detail"]
     result = pagemill(env, "retry", mixed_id, "--failed")
     assert result.returncode == 1 and "nothing to retry" in result.stderr
     assert api.post("/v1/jobs/" + "0" * 32 + "/retry").status_code == 404
