@@ -240,6 +240,77 @@ def result(
 
 
 @cli.command()
+def cancel(ident: Annotated[str, typer.Argument(metavar="JOB|BATCH")]) -> None:
+    """Stop a job, or every unfinished job of a batch: queued pages are skipped, nothing
+    more is recognized or assembled, and the job ends `cancelled`. Exits 1 when there was
+    nothing to cancel (the job had ended)."""
+    from app import control
+    from app.models import JobState
+
+    _ready()
+    outcome = control.cancel_job(ident)
+    if outcome is not None:
+        if outcome.state != JobState.CANCELLED:
+            console.print(f"job {ident} has already ended: it is {outcome.state}")
+            raise typer.Exit(1)
+        print(f"job {ident} {'cancelled' if outcome.changed else 'was already cancelled'}")
+        return
+    batch = control.cancel_batch(ident)
+    if batch is None:
+        console.print(f"[red]no job or batch {ident}[/red]")
+        raise typer.Exit(2)
+    print(
+        f"batch {ident}: {len(batch.cancelled)} jobs cancelled"
+        f", {len(batch.already)} were already cancelled"
+    )
+    if not batch.cancelled and not batch.already:
+        raise typer.Exit(1)
+
+
+@cli.command()
+def retry(
+    ident: Annotated[str, typer.Argument(metavar="JOB|BATCH")],
+    failed: Annotated[
+        bool,
+        typer.Option(
+            "--failed",
+            help="reprocess only the pages that failed or were cancelled (the only mode, "
+            "so the default)",
+        ),
+    ] = True,
+) -> None:
+    """Reprocess an ended job's failed and cancelled pages (or the whole job if its document
+    never opened), then assemble it again. Exits 1 when there was nothing to retry."""
+    from app import control, jobs
+
+    _ready()
+
+    def describe(job_id: str, plan: jobs.RetryPlan) -> str:
+        if plan.prepare:
+            return f"job {job_id}: the whole document queued again"
+        if plan.pages:
+            return f"job {job_id}: {len(plan.pages)} pages queued again"
+        return f"job {job_id}: assembly queued again"
+
+    plan = control.retry_job(ident)
+    if plan is not None:
+        if plan.empty:
+            console.print(f"job {ident} has nothing to retry: it is {plan.before}")
+            raise typer.Exit(1)
+        print(describe(ident, plan))
+        return
+    plans = control.retry_batch(ident)
+    if plans is None:
+        console.print(f"[red]no job or batch {ident}[/red]")
+        raise typer.Exit(2)
+    for job_id, job_plan in plans.items():
+        print(describe(job_id, job_plan))
+    if not plans:
+        console.print(f"batch {ident} has nothing to retry")
+        raise typer.Exit(1)
+
+
+@cli.command()
 def run(
     docs: Annotated[list[str], typer.Argument(help="files, folders or globs")],
     out: Annotated[Path, typer.Option("-o", "--out", help="output folder")] = Path("out"),

@@ -75,14 +75,14 @@ def job_out(job: Job, *, with_pages: bool = False, link_base: str = "") -> JobOu
 
 
 def batch_state(states: Counter[str]) -> str:
-    """running while any job runs; then succeeded, failed (all failed) or partial."""
+    """running while any job runs; then succeeded, failed or cancelled (when every job
+    ended so), or partial."""
     total = sum(states.values())
     if any(not JobState(s).terminal for s in states):
         return "running"
-    if states[JobState.SUCCEEDED] == total:
-        return JobState.SUCCEEDED
-    if states[JobState.FAILED] == total:
-        return JobState.FAILED
+    for state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
+        if states[state] == total:
+            return state
     return JobState.PARTIAL
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from app import jobs
-from app.models import Job, PageState, RegionSource, RegionState
+from app.models import Job, JobState, PageState, RegionSource, RegionState
 from app.queue import ASSEMBLE, PAGE, RECOGNIZE
 from app.settings import Settings
 from app.storage import (
@@ -137,10 +137,19 @@ def _assemble_if_ready(job_id: str) -> list[Message]:
     return [(ASSEMBLE, (job_id,))] if jobs.ready_for_assembly(job_id) else []
 
 
+def _drop_if_cancelled(job_id: str, settings: Settings) -> None:
+    """Deletes a cancelled job's work objects, including any a task in flight wrote after
+    the cancel call deleted them."""
+    job = jobs.get_job(job_id)
+    if job is not None and job.state == JobState.CANCELLED:
+        get_storage(settings).delete_prefix(work_prefix(job_id))
+
+
 def process_page(job_id: str, number: int, settings: Settings) -> list[Message]:
     """Render → layout → order → route → text layer or crop; one region batch to the gpu."""
     page = jobs.claim_page(job_id, number)
     if page is None:
+        _drop_if_cancelled(job_id, settings)
         return _assemble_if_ready(job_id)
     if page.state == PageState.RECOGNIZING:
         # Layout was recorded by an earlier delivery; its region batch may have been lost.
@@ -156,6 +165,7 @@ def process_page(job_id: str, number: int, settings: Settings) -> list[Message]:
         pending = _layout_page(job, number, settings)
     except DocumentError as exc:
         return _finish_page(job_id, number, error=str(exc))
+    _drop_if_cancelled(job_id, settings)  # cancelled while this page was rendered
     if pending:
         return [(RECOGNIZE, (job_id, number))]
     return _finish_page(job_id, number)
@@ -281,6 +291,7 @@ def recognize_page(job_id: str, number: int, settings: Settings) -> list[Message
     has them all in flight together, and records each result by its key."""
     claim = jobs.claim_recognition(job_id, number)
     if claim is None:
+        _drop_if_cancelled(job_id, settings)
         return _assemble_if_ready(job_id)
     if claim.attempts > settings.task_max_attempts:
         return _finish_page(
@@ -358,7 +369,10 @@ def assemble_job(job_id: str, settings: Settings) -> list[Message]:
         json.dumps(document, ensure_ascii=False, indent=1).encode(),
         "application/json",
     )
-    jobs.finish_job(job.id, md_key, json_key)
+    if jobs.finish_job(job.id, md_key, json_key) == JobState.CANCELLED:
+        # Cancelled while this assembly ran: the job has no result.
+        storage.delete_prefix(md_key)
+        storage.delete_prefix(json_key)
     storage.delete_prefix(work_prefix(job.id))
     return []
 

@@ -7,10 +7,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
 from fastapi.responses import Response
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 
-from app import jobs
+from app import control, jobs
 from app.api.deps import LinkBaseDep, SessionDep, SettingsDep, StorageDep, TenantDep
-from app.models import Job
+from app.models import Job, JobState
 from app.schemas import JobOptions, JobOut, SubmitOut
 from app.status import job_out, load_job
 from app.submit import submit_stream
@@ -94,3 +95,47 @@ def get_result(
         raise HTTPException(409, detail + (f" ({job.error})" if job.error else ""))
     media = "text/markdown; charset=utf-8" if format == "md" else "application/json"
     return Response(storage.get(key), media_type=media)
+
+
+@router.delete(
+    "/{job_id}",
+    response_model=JobOut,
+    response_model_by_alias=True,
+    responses={404: {"description": "no such job"}, 409: {"description": "the job had ended"}},
+)
+def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep, link: LinkBaseDep) -> JobOut:
+    """Cancels the job: queued pages are skipped, nothing more is recognized or assembled,
+    and it ends `cancelled`. Cancelling a cancelled job again returns it unchanged; a job
+    that ended otherwise (succeeded, partial, failed) is left as it is, with 409."""
+    outcome = control.cancel_job(job_id, tenant)
+    if outcome is None:
+        raise HTTPException(404, f"no job {job_id}")
+    if outcome.state != JobState.CANCELLED:
+        raise HTTPException(409, f"job {job_id} has already ended: it is {outcome.state}")
+    return _job_now(session, job_id, link)
+
+
+@router.post(
+    "/{job_id}/retry",
+    status_code=202,
+    response_model=JobOut,
+    response_model_by_alias=True,
+    responses={404: {"description": "no such job"}, 409: {"description": "nothing to retry"}},
+)
+def retry_job(job_id: str, session: SessionDep, tenant: TenantDep, link: LinkBaseDep) -> JobOut:
+    """Reprocesses an ended job's failed and cancelled pages (or the whole job, if its
+    document never opened) and assembles it again. 409 when nothing failed, or while the
+    job is still running."""
+    plan = control.retry_job(job_id, tenant)
+    if plan is None:
+        raise HTTPException(404, f"no job {job_id}")
+    if plan.empty:
+        raise HTTPException(409, f"job {job_id} has nothing to retry: it is {plan.before}")
+    return _job_now(session, job_id, link)
+
+
+def _job_now(session: Session, job_id: str, link: str) -> JobOut:
+    session.expire_all()  # read what the change committed, not this session's copy
+    job = load_job(session, job_id)
+    assert job is not None
+    return job_out(job, with_pages=True, link_base=link)
