@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException
 
-from app.api.deps import LinkBaseDep, SessionDep, TenantDep
+from app.api.deps import LinkBaseDep, SessionDep, TenantDep, current_tenant
 from app.schemas import BatchOut
 from app.status import batch_out, load_batch
 
-router = APIRouter(prefix="/v1/batches", tags=["batches"])
+# Every route here authenticates first (before storage or anything else is touched), even
+# one that forgets TenantDep; FastAPI then reuses the same tenant for the route's TenantDep.
+router = APIRouter(prefix="/v1/batches", tags=["batches"], dependencies=[Depends(current_tenant)])
 
 
 @router.get("/{batch_id}", response_model=BatchOut, response_model_by_alias=True)
