@@ -412,28 +412,20 @@ def keys_create(
 def keys_list(
     tenant: Annotated[str | None, typer.Option("--tenant", help="only this tenant's")] = None,
 ) -> None:
-    """Every key (never the key itself): id, tenant, name, prefix, created, revoked, last used."""
-    from rich.table import Table
-
+    """Every key, never the key itself: id, tenant, name, prefix, created, revoked, last use
+    (tab-separated, one key a line)."""
     from app.keys import list_keys
 
     _ready(migrate=True)
-    table = Table("id", "tenant", "name", "prefix", "created", "revoked", "last used")
 
     def when(moment: object) -> str:
         return f"{moment:%Y-%m-%d %H:%M:%S}" if moment is not None else "-"
 
+    print("id\ttenant\tname\tprefix\tcreated\trevoked\tlast_used")
     for key in list_keys(tenant):
-        table.add_row(
-            key.id,
-            key.tenant,
-            key.name or "",
-            key.prefix + "…",
-            when(key.created_at),
-            when(key.revoked_at),
-            when(key.last_used_at),
-        )
-    Console(width=200).print(table)
+        row = (key.id, key.tenant, key.name or "-", key.prefix)
+        times = (when(key.created_at), when(key.revoked_at), when(key.last_used_at))
+        print("\t".join((*row, *times)))
 
 
 @keys_cli.command("revoke")
