@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     # "on": every /v1 route needs `Authorization: Bearer KEY` (`pagemill keys create`);
     # "off" (only when set explicitly) serves everyone as the tenant "default".
     api_auth: Literal["on", "off"] = "on"
-    presign_seconds: int = Field(default=900, ge=1)  # lifetime of presigned result URLs
+    presign_seconds: int = Field(default=900, ge=1, le=604_800)  # presigned URLs (S3: ≤ 7 days)
     # `pagemill flower`: user:password[,user:password...] (or --basic-auth-file).
     flower_basic_auth: SecretStr | None = None
 

@@ -38,14 +38,13 @@ LinkBaseDep = Annotated[str, Depends(link_base)]
 _bearer = HTTPBearer(auto_error=False, description="an API key from `pagemill keys create`")
 
 
-def current_tenant(
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str:
-    """The caller's tenant, named by its API key. Missing, unknown and revoked keys get the
-    same 401, so an answer tells nothing about which keys exist."""
+def tenant_of(authorization: str | None) -> str:
+    """The tenant named by an `Authorization: Bearer KEY` header value. Missing, unknown and
+    revoked keys get the same 401, so an answer tells nothing about which keys exist."""
     if get_settings().api_auth == "off":
         return DEFAULT_TENANT
-    tenant = verify_key(credentials.credentials) if credentials is not None else None
+    scheme, _, key = (authorization or "").partition(" ")
+    tenant = verify_key(key.strip()) if scheme.lower() == "bearer" and key.strip() else None
     if tenant is None:
         raise HTTPException(
             401,
@@ -53,6 +52,16 @@ def current_tenant(
             headers={"WWW-Authenticate": "Bearer"},
         )
     return tenant
+
+
+def current_tenant(
+    request: Request,
+    _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],  # for OpenAPI
+) -> str:
+    """The caller's tenant; already known when the middleware checked the key before
+    reading the request's body (app.api.main)."""
+    known: str | None = getattr(request.state, "tenant", None)
+    return known if known is not None else tenant_of(request.headers.get("authorization"))
 
 
 # Every /v1 route takes this: it authenticates, and every query is scoped to the tenant.

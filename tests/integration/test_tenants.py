@@ -203,6 +203,18 @@ def test_every_v1_route_needs_a_valid_key(base_url: str, acme: httpx.Client) -> 
                 assert response.headers["www-authenticate"] == "Bearer"
 
 
+def test_an_upload_without_a_key_is_refused_before_its_body_is_read(base_url: str) -> None:
+    """Were the body parsed first, this 2 MiB form field would be a 400 (too large a part)."""
+    with _client(base_url) as client:
+        response = client.post(
+            "/v1/jobs",
+            data={"batch_name": "x" * (2 << 20)},
+            files={"files": ("a.png", b"\x89PNG\r\n\x1a\n", "image/png")},
+        )
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
 def test_a_revoked_key_is_refused(
     stack_env: dict[str, str], base_url: str, acme_batch: dict[str, Any]
 ) -> None:
