@@ -94,6 +94,16 @@ def _files(paths: list[str]) -> list[Path]:
     return files
 
 
+def _tenant(tenant: str) -> str:
+    from app.keys import check_tenant
+
+    try:
+        return check_tenant(tenant)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
 @cli.command()
 def migrate() -> None:
     """Bring the database to the newest schema."""
@@ -111,6 +121,9 @@ def submit(
     mode: ModeOption = None,
     extract: ExtractOption = None,
     dpi: DpiOption = None,
+    tenant: Annotated[str, typer.Option("--tenant", help="the tenant the jobs belong to")] = (
+        "default"
+    ),
 ) -> None:
     """Store documents and enqueue them. Prints one job id per line (then the batch id)."""
     from app import jobs
@@ -118,11 +131,12 @@ def submit(
 
     _ready(migrate=True)
     options = _options(mode, extract, dpi)
+    tenant = _tenant(tenant)
     files = _files(paths)
-    batch_id = jobs.create_batch(batch) if batch or len(files) > 1 else None
+    batch_id = jobs.create_batch(batch, tenant) if batch or len(files) > 1 else None
     ids = []
     for path in files:
-        submitted = submit_file(path, batch_id=batch_id, options=options)
+        submitted = submit_file(path, batch_id=batch_id, options=options, tenant=tenant)
         ids.append(submitted.job_id)
         print(f"{submitted.job_id}\t{path}")
     if batch_id:
@@ -144,11 +158,11 @@ def status(
 ) -> None:
     """State, progress, timings and errors of a job or a batch."""
     from app.db import session_scope
-    from app.status import batch_out, job_out, load_batch, load_job
+    from app.status import ANY_TENANT, batch_out, job_out, load_batch, load_job
 
     _ready()
     with session_scope() as session:
-        job = load_job(session, ident)
+        job = load_job(session, ident, ANY_TENANT)
         if job is not None:
             out = job_out(job, with_pages=pages or as_json)
             if as_json:
@@ -156,7 +170,7 @@ def status(
             else:
                 _print_job(out)
             return
-        found = load_batch(session, ident)
+        found = load_batch(session, ident, ANY_TENANT)
         if found is None:
             console.print(f"[red]no job or batch {ident}[/red]")
             raise typer.Exit(2)
@@ -198,10 +212,10 @@ def _print_table(jobs: Sequence[JobOut]) -> None:
 
 def _print_summary(ids: list[str]) -> None:
     from app.db import session_scope
-    from app.status import job_out, load_job
+    from app.status import ANY_TENANT, job_out, load_job
 
     with session_scope() as session:
-        outs = [job_out(job) for i in ids if (job := load_job(session, i)) is not None]
+        outs = [job_out(job) for i in ids if (job := load_job(session, i, ANY_TENANT)) is not None]
     _print_table(outs)
 
 
@@ -405,22 +419,96 @@ def worker(
 
 @cli.command()
 def flower(
+    address: Annotated[
+        str, typer.Option("--address", "--host", help="bind address (all interfaces: 0.0.0.0)")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 5555,
-    basic_auth: Annotated[str | None, typer.Option(help="user:password")] = None,
+    basic_auth_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="a file holding user:password (else PAGEMILL_FLOWER_BASIC_AUTH); kept out of "
+            "argv so `ps` never shows it"
+        ),
+    ] = None,
+    unauthenticated: Annotated[
+        bool, typer.Option("--unauthenticated", help="serve without any authentication")
+    ] = False,
 ) -> None:
-    """Run the Flower dashboard against pagemill's broker."""
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "app.queue:celery_app",
-        "flower",
-        f"--port={port}",
-    ]
-    if basic_auth:
-        argv.append(f"--basic-auth={basic_auth}")
-    os.execv(argv[0], argv)
+    """Run the Flower dashboard against pagemill's broker, with basic auth on every page
+    (its /metrics too)."""
+    from app.flower import check_credentials, run
+
+    credentials = None
+    if basic_auth_file is not None:
+        credentials = basic_auth_file.read_text(encoding="utf-8").strip()
+    elif (secret := get_settings().flower_basic_auth) is not None:
+        credentials = secret.get_secret_value()
+    if credentials is None and not unauthenticated:
+        console.print(
+            "[red]Flower needs credentials: set PAGEMILL_FLOWER_BASIC_AUTH=user:password or "
+            "pass --basic-auth-file FILE (or --unauthenticated to serve without any)[/red]"
+        )
+        raise typer.Exit(2)
+    if credentials is not None:
+        try:
+            check_credentials(credentials)
+        except ValueError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
+    run(address, port, credentials)
+
+
+keys_cli = typer.Typer(help="API keys: each names a tenant.", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+
+
+@keys_cli.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option("--tenant", help="the tenant the key acts for")],
+    name: Annotated[str | None, typer.Option("--name", help="a label, e.g. who holds it")] = None,
+) -> None:
+    """Create a key and print it. It is shown this once: only its hash is stored."""
+    from app.keys import create_key
+
+    _ready(migrate=True)
+    created = create_key(_tenant(tenant), name)
+    console.print(
+        f"key {created.info.id} for tenant {created.info.tenant}; store it now, "
+        "it is not shown again:"
+    )
+    print(created.key)
+
+
+@keys_cli.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option("--tenant", help="only this tenant's")] = None,
+) -> None:
+    """Every key, never the key itself: id, tenant, name, prefix, created, revoked, last use
+    (tab-separated, one key a line)."""
+    from app.keys import list_keys
+
+    _ready(migrate=True)
+
+    def when(moment: object) -> str:
+        return f"{moment:%Y-%m-%d %H:%M:%S}" if moment is not None else "-"
+
+    print("id\ttenant\tname\tprefix\tcreated\trevoked\tlast_used")
+    for key in list_keys(tenant):
+        row = (key.id, key.tenant, key.name or "-", key.prefix)
+        times = (when(key.created_at), when(key.revoked_at), when(key.last_used_at))
+        print("\t".join((*row, *times)))
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Revoke a key: the API refuses it from the next request on."""
+    from app.keys import revoke_key
+
+    _ready(migrate=True)
+    if not revoke_key(key_id):
+        console.print(f"[red]no active key {key_id}[/red]")
+        raise typer.Exit(2)
+    console.print(f"key {key_id} revoked")
 
 
 @cli.command("version")

@@ -18,7 +18,7 @@ def cancel_job(job_id: str, tenant: str | None = None) -> jobs.CancelOutcome | N
     written some after the first call; it deletes them too when it ends)."""
     outcome = jobs.cancel_job(job_id, tenant)
     if outcome is not None and outcome.state == JobState.CANCELLED:
-        get_storage().delete_prefix(work_prefix(job_id))
+        get_storage().delete_prefix(work_prefix(outcome.tenant, job_id))
     return outcome
 
 

@@ -345,6 +345,7 @@ def finish_job(job_id: str, markdown_key: str | None, json_key: str | None) -> J
 class CancelOutcome:
     changed: bool  # False: the job had already ended, in `state`
     state: JobState
+    tenant: str
 
 
 def cancel_job(job_id: str, tenant: str | None = None) -> CancelOutcome | None:
@@ -359,7 +360,7 @@ def cancel_job(job_id: str, tenant: str | None = None) -> CancelOutcome | None:
         if job is None or (tenant is not None and job.tenant != tenant):
             return None
         if JobState(job.state).terminal:
-            return CancelOutcome(changed=False, state=JobState(job.state))
+            return CancelOutcome(changed=False, state=JobState(job.state), tenant=job.tenant)
         now = utcnow()
         session.execute(
             update(Page)
@@ -371,7 +372,7 @@ def cancel_job(job_id: str, tenant: str | None = None) -> CancelOutcome | None:
         job.finished_at = now
         job.updated_at = now
         job.held_by = None
-        return CancelOutcome(changed=True, state=JobState.CANCELLED)
+        return CancelOutcome(changed=True, state=JobState.CANCELLED, tenant=job.tenant)
 
 
 def batch_job_ids(batch_id: str, tenant: str | None = None) -> list[str] | None:

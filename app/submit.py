@@ -127,7 +127,7 @@ def _store_and_enqueue(
     with path.open("rb") as f:
         head = f.read(1024)
     storage = get_storage(settings)
-    key = original_key(digest)
+    key = original_key(tenant, digest)
     if not storage.exists(key):
         storage.put_file(key, path)
     job_id = jobs.create_job(

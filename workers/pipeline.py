@@ -57,7 +57,7 @@ EXTRACT = "extract"  # the task of an information-extraction region (a whole pag
 # -- originals -------------------------------------------------------------------------
 
 
-def fetch_original(sha256: str, settings: Settings) -> Path:
+def fetch_original(tenant: str, sha256: str, settings: Settings) -> Path:
     """The original on local disk. Pages of one document share one download per worker,
     and the cache folder is kept under a size cap by evicting the least recently used."""
     folder = (settings.data_dir / "cache" / "originals").resolve()
@@ -69,7 +69,7 @@ def fetch_original(sha256: str, settings: Settings) -> Path:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-")
     os.close(fd)
     try:
-        get_storage(settings).download(original_key(sha256), Path(tmp))
+        get_storage(settings).download(original_key(tenant, sha256), Path(tmp))
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -112,7 +112,7 @@ def prepare_document(job_id: str, settings: Settings) -> list[Message]:
         jobs.fail_job(job_id, f"gave up after {job.attempts - 1} attempts to open the document")
         return []
     try:
-        path = fetch_original(job.content_sha256, settings)
+        path = fetch_original(job.tenant, job.content_sha256, settings)
         media_type = _media_type(path)
         sizes = page_sizes(path, media_type, settings.max_pages_per_document)
     except DocumentError as exc:
@@ -142,7 +142,7 @@ def _drop_if_cancelled(job_id: str, settings: Settings) -> None:
     the cancel call deleted them."""
     job = jobs.get_job(job_id)
     if job is not None and job.state == JobState.CANCELLED:
-        get_storage(settings).delete_prefix(work_prefix(job_id))
+        get_storage(settings).delete_prefix(work_prefix(job.tenant, job_id))
 
 
 def process_page(job_id: str, number: int, settings: Settings) -> list[Message]:
@@ -191,7 +191,7 @@ def _layout_page(job: Job, number: int, settings: Settings) -> int:
     """Does a page's cpu work and records it; returns how many regions need recognition."""
     options = PageOptions.of(job, settings)
     storage = get_storage(settings)
-    path = fetch_original(job.content_sha256, settings)
+    path = fetch_original(job.tenant, job.content_sha256, settings)
     media_type = job.media_type
     assert media_type is not None, "prepare refuses documents of no known type"
 
@@ -236,7 +236,7 @@ def _layout_page(job: Job, number: int, settings: Settings) -> int:
         if task == RecognitionTask.ABANDON:
             row["source"] = RegionSource.NONE
         elif task == RecognitionTask.SKIP:
-            key = result_key(job.id, image_link(number, index))
+            key = result_key(job.tenant, job.id, image_link(number, index))
             storage.put(key, encode_png(crop_region(image, region.bbox, 0)), "image/png")
             row.update(source=RegionSource.IMAGE, image_key=key)
         elif text is not None:
@@ -246,7 +246,7 @@ def _layout_page(job: Job, number: int, settings: Settings) -> int:
             row["state"] = RegionState.PENDING
         rows.append(row)
     if crops:
-        storage.put(crops_key(job.id, number), bundle_crops(crops), "application/zip")
+        storage.put(crops_key(job.tenant, job.id, number), bundle_crops(crops), "application/zip")
     page_values = {
         "dpi": rendered.dpi,
         "width_px": width,
@@ -302,7 +302,7 @@ def recognize_page(job_id: str, number: int, settings: Settings) -> list[Message
     job = jobs.get_job(job_id)
     assert job is not None
     template = (job.options or {}).get("extract")
-    crops = unbundle_crops(get_storage(settings).get(crops_key(job_id, number)))
+    crops = unbundle_crops(get_storage(settings).get(crops_key(job.tenant, job_id, number)))
     requests = [
         RecognitionRequest(
             key=str(region.index),
@@ -362,7 +362,8 @@ def assemble_job(job_id: str, settings: Settings) -> list[Message]:
         markdown += "\n```\n"
     else:
         markdown = assemble.document_markdown(pages)
-    md_key, json_key = result_key(job.id, "document.md"), result_key(job.id, "document.json")
+    md_key = result_key(job.tenant, job.id, "document.md")
+    json_key = result_key(job.tenant, job.id, "document.json")
     storage.put(md_key, markdown.encode(), "text/markdown; charset=utf-8")
     storage.put(
         json_key,
@@ -373,7 +374,7 @@ def assemble_job(job_id: str, settings: Settings) -> list[Message]:
         # Cancelled while this assembly ran: the job has no result.
         storage.delete_prefix(md_key)
         storage.delete_prefix(json_key)
-    storage.delete_prefix(work_prefix(job.id))
+    storage.delete_prefix(work_prefix(job.tenant, job.id))
     return []
 
 

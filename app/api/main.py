@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from app.api.deps import tenant_of
 from app.api.routes import batches, health, jobs
 from app.db import require_migrated
 from app.storage import ObjectNotFound, StorageError
@@ -28,6 +30,23 @@ app = FastAPI(
 app.include_router(jobs.router)
 app.include_router(batches.router)
 app.include_router(health.router)
+
+
+@app.middleware("http")
+async def authenticate_before_the_body(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """FastAPI reads (and spools) a request's body before any dependency runs, so without
+    this an anonymous client could upload as much as it likes before its 401."""
+    if request.url.path.startswith("/v1/") and request.method in ("POST", "PUT", "PATCH"):
+        authorization = request.headers.get("authorization")
+        try:
+            request.state.tenant = await run_in_threadpool(tenant_of, authorization)
+        except HTTPException as exc:
+            return JSONResponse(
+                {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+            )
+    return await call_next(request)
 
 
 @app.exception_handler(StorageError)

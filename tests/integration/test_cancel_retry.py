@@ -68,7 +68,13 @@ def api(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterat
             services.wait_for_port(port, 60, process)  # type: ignore[arg-type]
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(f"{exc}\n{log_path.read_text()}") from None
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        from app.keys import create_key
+
+        key = create_key("default", "cancel-retry tests").key
+        headers = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", timeout=60, headers=headers
+        ) as client:
             yield client
     finally:
         process.terminate()
@@ -164,8 +170,8 @@ def _assert_cancelled_cleanly(env: dict[str, str], job_id: str, cancelled_at: da
         assert page.finished_at is not None and page.finished_at <= cancelled_at
     late = [(r.page_number, r.index) for r in _regions(job_id) if r.updated_at > cancelled_at]
     assert late == [], "regions were written after the cancel"
-    assert _keys(env, work_prefix(job_id)) == []
-    assert _keys(env, result_key(job_id, "document")) == []
+    assert _keys(env, work_prefix("default", job_id)) == []
+    assert _keys(env, result_key("default", job_id, "document")) == []
 
 
 # -- cancel ----------------------------------------------------------------------------
@@ -299,7 +305,7 @@ def test_a_page_rendering_when_its_job_is_cancelled_leaves_no_work_objects(
         assert rendering.result() == []
     assert _pages(job_id)[1].state == PageState.CANCELLED
     assert _regions(job_id) == []
-    assert _keys(env, work_prefix(job_id)) == []
+    assert _keys(env, work_prefix("default", job_id)) == []
     # A message delivered later finds nothing to do, and leaves nothing either.
     assert pipeline.recognize_page(job_id, 1, settings) == []
 
@@ -372,7 +378,7 @@ def test_retry_reprocesses_only_what_failed(
     markdown = api.get(f"/v1/jobs/{mixed_id}/result").text
     assert "Section 1" in markdown and "Section 3" in markdown, markdown
     assert len(_pages(five_id)) == 5 and _job(five_id).attempts == 1
-    assert _keys(env, work_prefix(mixed_id)) == []
+    assert _keys(env, work_prefix("default", mixed_id)) == []
 
     # Nothing failed any more: both ways say so and change nothing.
     response = api.post(f"/v1/jobs/{mixed_id}/retry")

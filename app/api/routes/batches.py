@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException
 from sqlalchemy.orm import Session
 
 from app import control
-from app.api.deps import LinkBaseDep, SessionDep, TenantDep
+from app.api.deps import LinkBaseDep, SessionDep, TenantDep, current_tenant
 from app.schemas import BatchOut
 from app.status import batch_out, load_batch
 
-router = APIRouter(prefix="/v1/batches", tags=["batches"])
+# Every route here authenticates first (before storage or anything else is touched), even
+# one that forgets TenantDep; FastAPI then reuses the same tenant for the route's TenantDep.
+router = APIRouter(prefix="/v1/batches", tags=["batches"], dependencies=[Depends(current_tenant)])
 
 
 @router.get("/{batch_id}", response_model=BatchOut, response_model_by_alias=True)
@@ -37,7 +39,7 @@ def cancel_batch(
         raise HTTPException(404, f"no batch {batch_id}")
     if not outcome.cancelled and not outcome.already:
         raise HTTPException(409, f"batch {batch_id} has nothing to cancel: every job has ended")
-    return _batch_now(session, batch_id, link)
+    return _batch_now(session, batch_id, tenant, link)
 
 
 @router.post(
@@ -57,11 +59,11 @@ def retry_batch(
         raise HTTPException(404, f"no batch {batch_id}")
     if not plans:
         raise HTTPException(409, f"batch {batch_id} has nothing to retry")
-    return _batch_now(session, batch_id, link)
+    return _batch_now(session, batch_id, tenant, link)
 
 
-def _batch_now(session: Session, batch_id: str, link: str) -> BatchOut:
+def _batch_now(session: Session, batch_id: str, tenant: str, link: str) -> BatchOut:
     session.expire_all()  # read what the change committed, not this session's copy
-    batch = load_batch(session, batch_id)
+    batch = load_batch(session, batch_id, tenant)
     assert batch is not None
     return batch_out(batch, link_base=link)

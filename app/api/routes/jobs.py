@@ -4,19 +4,28 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
-from fastapi.responses import Response
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile
+from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app import control, jobs
-from app.api.deps import LinkBaseDep, SessionDep, SettingsDep, StorageDep, TenantDep
-from app.models import Job, JobState
+from app.api.deps import (
+    LinkBaseDep,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+    TenantDep,
+    current_tenant,
+)
+from app.models import JobState
 from app.schemas import JobOptions, JobOut, SubmitOut
 from app.status import job_out, load_job
 from app.submit import submit_stream
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+# Every route here authenticates first (before storage or anything else is touched), even
+# one that forgets TenantDep; FastAPI then reuses the same tenant for the route's TenantDep.
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(current_tenant)])
 
 
 @router.post("", status_code=201, response_model=SubmitOut, response_model_by_alias=True)
@@ -55,7 +64,7 @@ def create_jobs(
         ).job_id
         for upload in files
     ]
-    rows = [load_job(session, job_id) for job_id in ids]
+    rows = [load_job(session, job_id, tenant) for job_id in ids]
     return SubmitOut(
         batch_id=batch_id, jobs=[job_out(row, link_base=link) for row in rows if row is not None]
     )
@@ -84,15 +93,25 @@ def get_result(
     session: SessionDep,
     storage: StorageDep,
     tenant: TenantDep,
+    settings: SettingsDep,
     format: Annotated[Literal["md", "json"], Query()] = "md",
+    redirect: Annotated[
+        bool,
+        Query(
+            description="307 to a short-lived presigned storage URL instead of the bytes "
+            "(where storage can presign; else the bytes)"
+        ),
+    ] = False,
 ) -> Response:
-    job = session.get(Job, job_id)
-    if job is None or job.tenant != tenant:
+    job = load_job(session, job_id, tenant)
+    if job is None:
         raise HTTPException(404, f"no job {job_id}")
     key = job.result_markdown_key if format == "md" else job.result_json_key
     if key is None:
         detail = f"job {job_id} has no result yet: it is {job.state}"
         raise HTTPException(409, detail + (f" ({job.error})" if job.error else ""))
+    if redirect and (url := storage.url(key, settings.presign_seconds)) is not None:
+        return RedirectResponse(url, status_code=307)
     media = "text/markdown; charset=utf-8" if format == "md" else "application/json"
     return Response(storage.get(key), media_type=media)
 
@@ -112,7 +131,7 @@ def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep, link: LinkBa
         raise HTTPException(404, f"no job {job_id}")
     if outcome.state != JobState.CANCELLED:
         raise HTTPException(409, f"job {job_id} has already ended: it is {outcome.state}")
-    return _job_now(session, job_id, link)
+    return _job_now(session, job_id, tenant, link)
 
 
 @router.post(
@@ -131,11 +150,11 @@ def retry_job(job_id: str, session: SessionDep, tenant: TenantDep, link: LinkBas
         raise HTTPException(404, f"no job {job_id}")
     if plan.empty:
         raise HTTPException(409, f"job {job_id} has nothing to retry: it is {plan.before}")
-    return _job_now(session, job_id, link)
+    return _job_now(session, job_id, tenant, link)
 
 
-def _job_now(session: Session, job_id: str, link: str) -> JobOut:
+def _job_now(session: Session, job_id: str, tenant: str, link: str) -> JobOut:
     session.expire_all()  # read what the change committed, not this session's copy
-    job = load_job(session, job_id)
+    job = load_job(session, job_id, tenant)
     assert job is not None
     return job_out(job, with_pages=True, link_base=link)
