@@ -49,7 +49,7 @@ def test_cancel_ends_the_job_and_its_unfinished_pages() -> None:
     jobs.record_layout(job_id, 2, {}, [_region(0)])
 
     outcome = jobs.cancel_job(job_id)
-    assert outcome == jobs.CancelOutcome(changed=True, state=JobState.CANCELLED)
+    assert outcome == jobs.CancelOutcome(changed=True, state=JobState.CANCELLED, tenant="default")
     job = _row(job_id)
     assert job.state == JobState.CANCELLED and job.finished_at is not None
     assert job.pages_done == 1 and not job.awaiting_assembly
@@ -76,14 +76,18 @@ def test_cancel_ends_the_job_and_its_unfinished_pages() -> None:
     assert _row(job_id).pages_done == 1
 
     # Repeating is safe and says the job was already cancelled.
-    assert jobs.cancel_job(job_id) == jobs.CancelOutcome(changed=False, state=JobState.CANCELLED)
+    assert jobs.cancel_job(job_id) == jobs.CancelOutcome(
+        changed=False, state=JobState.CANCELLED, tenant="default"
+    )
 
 
 def test_cancel_of_an_ended_job_changes_nothing() -> None:
     job_id = _job(pages=1)
     jobs.complete_page(job_id, 1)
     jobs.finish_job(job_id, "md", "json")
-    assert jobs.cancel_job(job_id) == jobs.CancelOutcome(changed=False, state=JobState.SUCCEEDED)
+    assert jobs.cancel_job(job_id) == jobs.CancelOutcome(
+        changed=False, state=JobState.SUCCEEDED, tenant="default"
+    )
     assert _row(job_id).state == JobState.SUCCEEDED
     assert jobs.cancel_job("missing") is None
 
