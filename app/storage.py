@@ -15,11 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from app.errors import StorageError as StorageError  # re-exported: its old home
 from app.settings import Settings, get_settings
-
-
-class StorageError(RuntimeError):
-    """Storage is unreachable or refused; the operation may succeed if retried."""
 
 
 class ObjectNotFound(KeyError):
