@@ -63,6 +63,10 @@ def image_link(page_number: int, index: int) -> str:
     return f"{IMAGES_DIR}/page-{page_number:05d}-region-{index:04d}.png"
 
 
+# The file names image_link makes, and the only ones the API serves from IMAGES_DIR.
+IMAGE_NAME_PATTERN = r"^page-[0-9]{5,}-region-[0-9]{4,}\.png$"
+
+
 def relink_images(markdown: str, images_dir: str) -> str:
     """The markdown with its image links pointing at `images_dir` instead of images/."""
     return markdown.replace(f"]({IMAGES_DIR}/", f"]({images_dir}/")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Response
 from sqlalchemy import text
 
@@ -11,28 +13,36 @@ from app.schemas import Health
 from app.storage import get_storage
 
 router = APIRouter(tags=["health"])
+log = logging.getLogger("pagemill.api")
 
 
-@router.get("/healthz", response_model=Health)
+def _failed(service: str, exc: Exception) -> str:
+    # The kind of error only: the message names hosts, ports and buckets (server log).
+    log.warning("healthz: %s: %s", service, exc)
+    return f"error: {type(exc).__name__}"
+
+
+@router.get("/healthz", response_model=Health, responses={503: {"model": Health}})
 def healthz(session: SessionDep, response: Response) -> Health:
     checks: dict[str, str] = {}
     try:
         session.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:
-        checks["database"] = f"error: {exc}"
+        checks["database"] = _failed("database", exc)
     try:
         with get_celery().connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
         checks["broker"] = "ok"
     except Exception as exc:
-        checks["broker"] = f"error: {exc}"
+        checks["broker"] = _failed("broker", exc)
     try:
         get_storage().exists("healthz")  # inside the try: building the client can fail
         checks["storage"] = "ok"
     except Exception as exc:
-        checks["storage"] = f"error: {exc}"
+        checks["storage"] = _failed("storage", exc)
     healthy = all(value == "ok" for value in checks.values())
     if not healthy:
         response.status_code = 503
+        response.headers["Retry-After"] = "10"
     return Health(status="ok" if healthy else "degraded", **checks)
