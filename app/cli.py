@@ -46,7 +46,7 @@ def main() -> None:
         message, code = error_message(exc)
         if message is None:
             raise
-        console.print(message, style="red", markup=False, highlight=False)
+        console.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(code) from None
 
 

@@ -65,7 +65,7 @@ def create_jobs(
         Form(description="name of the batch", max_length=MAX_BATCH_NAME, pattern=NAME_PATTERN),
     ] = None,
     mode: Annotated[Literal["auto", "ocr", "text"] | None, Form()] = None,
-    dpi: Annotated[int | None, Form()] = None,
+    dpi: Annotated[int | None, Form(ge=50, le=600, description="render resolution")] = None,
     extract: Annotated[
         str | None, Form(description="JSON template for information extraction")
     ] = None,
