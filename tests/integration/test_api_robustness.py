@@ -105,7 +105,8 @@ class Api:
     log: Path
 
 
-def _start_api(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+def _start_api(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A `pagemill api` process and its base URL."""
     port = services.free_port()
     with log_path.open("ab") as log:
         process = subprocess.Popen(
@@ -119,8 +120,7 @@ def _start_api(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     except (RuntimeError, TimeoutError) as exc:
         process.kill()
         raise RuntimeError(f"{exc}\n{log_path.read_text()}") from None
-    process.port = port  # type: ignore[attr-defined]
-    return process
+    return process, f"http://127.0.0.1:{port}"
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -135,9 +135,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(scope="module")
 def api(private_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     log_path = tmp_path_factory.mktemp("robust-api") / "api.log"
-    process = _start_api(private_stack.env, log_path)
+    process, url = _start_api(private_stack.env, log_path)
     try:
-        url = f"http://127.0.0.1:{process.port}"  # type: ignore[attr-defined]
         with httpx.Client(base_url=url, timeout=120) as client:
             yield Api(client, log_path)
     finally:
@@ -189,6 +188,7 @@ def _batches_named(stack: Stack, name: str) -> list[tuple[Any, ...]]:
         "/v1/jobs/" + "g" * 32,
         "/v1/batches/" + "0" * 33,
         "/v1/jobs/%00/images/page-00001-region-0000.png",
+        "/v1/jobs/" + "0" * 32 + "%0A",
     ],
 )
 def test_malformed_ids_are_refused_not_500(api: Api, path: str) -> None:
@@ -293,6 +293,7 @@ def test_every_figure_link_of_the_markdown_is_served(api: Api, figure_job: dict[
         "page-1-region-1.png",
         "page-00001-region-0000.png%00.md",
         "page-00001-region-0000.PNG",
+        "page-00001-region-0000.png%0A",
     ],
 )
 def test_image_names_other_than_figure_links_are_refused(
@@ -444,9 +445,9 @@ def fuzz_api(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
     jobs stay queued and cost nothing."""
     env = {**stack_env, **services.broker_env("fuzz"), "PAGEMILL_API_AUTH": "off"}
     log_path = tmp_path_factory.mktemp("fuzz-api") / "api.log"
-    process = _start_api(env, log_path)
+    process, url = _start_api(env, log_path)
     try:
-        yield f"http://127.0.0.1:{process.port}"  # type: ignore[attr-defined]
+        yield url
     finally:
         _stop(process)
         errors = [line for line in log_path.read_text().splitlines() if "Traceback" in line]
