@@ -160,7 +160,7 @@ def _send_or_discard(job_id: str) -> None:
         raise
 
 
-def check_broker(settings: Settings | None = None) -> None:
+def check_broker() -> None:
     """BrokerUnavailable unless the broker accepts a connection now: checked before a
     submission creates anything, so an outage costs no half-made batch."""
     try:
@@ -181,7 +181,7 @@ def submit_streams(
     """One request's uploads (already validated) as jobs, and as a batch when there are
     several or a name: all of them or, after an error, none (the error is raised)."""
     settings = settings or get_settings()
-    check_broker(settings)
+    check_broker()
     get_storage(settings)  # reaches the storage: an outage fails here, before any row
     batch_id = jobs.create_batch(batch_name, tenant) if len(uploads) > 1 or batch_name else None
     ids: list[str] = []

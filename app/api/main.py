@@ -15,6 +15,7 @@ from sqlalchemy.exc import InterfaceError as DatabaseInterfaceError
 from sqlalchemy.exc import OperationalError as DatabaseOperationalError
 from sqlalchemy.exc import TimeoutError as DatabasePoolTimeout
 
+from app.api import RETRY_AFTER_SECONDS
 from app.api.routes import batches, health, jobs
 from app.db import require_migrated
 from app.errors import (
@@ -27,10 +28,6 @@ from app.errors import (
 from app.storage import ObjectNotFound
 
 log = logging.getLogger("pagemill.api")
-
-# Seconds a client should wait before retrying after a 503: outages are short or long,
-# never instant, and a second-by-second retry storm helps no one.
-RETRY_AFTER_SECONDS = 10
 
 
 @asynccontextmanager

@@ -7,6 +7,7 @@ import logging
 from fastapi import APIRouter, Response
 from sqlalchemy import text
 
+from app.api import RETRY_AFTER_SECONDS
 from app.api.deps import SessionDep
 from app.queue import get_celery
 from app.schemas import Health
@@ -44,5 +45,5 @@ def healthz(session: SessionDep, response: Response) -> Health:
     healthy = all(value == "ok" for value in checks.values())
     if not healthy:
         response.status_code = 503
-        response.headers["Retry-After"] = "10"
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return Health(status="ok" if healthy else "degraded", **checks)
