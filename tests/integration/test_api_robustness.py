@@ -474,7 +474,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
         f"{fuzz_api}/openapi.json",
         f"--checks={checks}",
         "--max-examples=25",
-        "--phases=examples,coverage,fuzzing",
+        "--phases=examples,coverage,fuzzing,stateful",
         "--seed=1",
         "--generation-database=none",
         "--request-timeout=60",

@@ -21,6 +21,7 @@ router = APIRouter(prefix="/v1/batches", tags=["batches"])
         404: {"model": ErrorOut, "description": "no such batch"},
         503: {"model": ErrorOut, "description": "database unavailable"},
     },
+    operation_id="get_batch",
 )
 def get_batch(
     batch_id: Annotated[str, Path(pattern=ID_PATTERN, description="32 hex characters")],

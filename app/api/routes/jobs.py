@@ -47,12 +47,24 @@ def _invalid(field: str, message: str, value: object) -> RequestValidationError:
     )
 
 
+def _link(operation: str, **parameters: str) -> dict[str, Any]:
+    return {"operationId": operation, "parameters": parameters}
+
+
+# What a client (or schemathesis' stateful phase) can do next with the ids it got.
+SUBMIT_LINKS = {
+    "GetJob": _link("get_job", job_id="$response.body#/jobs/0/id"),
+    "GetResult": _link("get_result", job_id="$response.body#/jobs/0/id"),
+    "GetBatch": _link("get_batch", batch_id="$response.body#/batch_id"),
+}
+
+
 @router.post(
     "",
     status_code=201,
     response_model=SubmitOut,
     response_model_by_alias=True,
-    responses={503: ERRORS[503]},
+    responses={201: {"links": SUBMIT_LINKS}, 503: ERRORS[503]},
 )
 def create_jobs(
     files: Annotated[list[UploadFile], File(description="one or more documents")],
@@ -107,7 +119,13 @@ def create_jobs(
     )
 
 
-@router.get("/{job_id}", response_model=JobOut, response_model_by_alias=True, responses=ERRORS)
+@router.get(
+    "/{job_id}",
+    response_model=JobOut,
+    response_model_by_alias=True,
+    responses=ERRORS,
+    operation_id="get_job",
+)
 def get_job(
     job_id: JobId,
     session: SessionDep,
@@ -139,6 +157,7 @@ def _finished_job(session: SessionDep, job_id: str, tenant: str) -> Job:
         **ERRORS,
         **NOT_YET,
     },
+    operation_id="get_result",
 )
 def get_result(
     job_id: JobId,
