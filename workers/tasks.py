@@ -154,11 +154,11 @@ def _preload(**_: Any) -> None:
 def _require_schema(**_: Any) -> None:
     """A worker started any way (`pagemill worker` or plain `celery worker`) refuses an
     un-migrated database before it takes a message."""
-    from app.db import DatabaseNotReady, require_migrated
+    from app.db import DatabaseNotMigrated, require_migrated
 
     try:
         require_migrated(get_settings())
-    except DatabaseNotReady as exc:
+    except DatabaseNotMigrated as exc:
         print(f"pagemill worker: {exc}", file=sys.stderr, flush=True)
         os._exit(2)
 
