@@ -40,23 +40,61 @@ DpiOption = Annotated[int | None, typer.Option("--dpi", help="render resolution"
 
 
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except Exception as exc:
+        message, code = error_message(exc)
+        if message is None:
+            raise
+        console.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(code) from None
+
+
+def error_message(exc: BaseException) -> tuple[str | None, int]:
+    """pagemill's errors as one line for the terminal and an exit code (2: fix the setup,
+    1: a service is down, try again); (None, 1) for a bug, which keeps its traceback."""
+    from botocore.exceptions import ClientError
+
+    from app.db import DatabaseNotReady
+    from app.errors import BrokerUnavailable, DatabaseUnavailable, StorageError, translate
+
+    if isinstance(exc, DatabaseNotReady):
+        return str(exc), 2
+    found = translate(exc)
+    if isinstance(found, StorageError):
+        cause = found.__cause__
+        code = ""
+        if isinstance(cause, ClientError):
+            code = str(cause.response.get("Error", {}).get("Code", ""))
+        if code in _REFUSED_CREDENTIALS:
+            return (
+                f"storage refused the credentials ({code}): check PAGEMILL_S3_ACCESS_KEY / "
+                "PAGEMILL_S3_SECRET_KEY",
+                2,
+            )
+        return f"storage unavailable ({found}): check PAGEMILL_S3_ENDPOINT; then retry", 1
+    if isinstance(found, DatabaseUnavailable):
+        return f"database unavailable ({found}): check PAGEMILL_DATABASE_URL; then retry", 1
+    if isinstance(found, BrokerUnavailable):
+        return f"broker unavailable ({found}): check PAGEMILL_BROKER_URL; then retry", 1
+    return None, 1
+
+
+_REFUSED_CREDENTIALS = frozenset(
+    {"SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "403", "Forbidden"}
+)
 
 
 def _ready(*, migrate: bool = False) -> None:
     """Fails with the command to run when the database lacks the schema."""
-    from app.db import DatabaseNotMigrated, require_migrated
     from app.db import migrate as run_migrations
+    from app.db import require_migrated
 
     settings = get_settings()
     if migrate and settings.database_url is None:
         run_migrations(settings)  # embedded SQLite: pagemill owns it
         return
-    try:
-        require_migrated(settings)
-    except DatabaseNotMigrated as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+    require_migrated(settings)  # DatabaseNotReady: main() prints it, exit 2
 
 
 def _options(mode: str | None, extract: str | None, dpi: int | None) -> JobOptions:
@@ -107,9 +145,12 @@ def _tenant(tenant: str) -> str:
 @cli.command()
 def migrate() -> None:
     """Bring the database to the newest schema."""
+    from app.db import current_revision, get_engine
     from app.db import migrate as run_migrations
 
-    run_migrations(get_settings())
+    settings = get_settings()
+    current_revision(get_engine(settings))  # unreachable or refused: says which, exit 2
+    run_migrations(settings)
     console.print("database is at the newest schema")
 
 
@@ -127,12 +168,19 @@ def submit(
 ) -> None:
     """Store documents and enqueue them. Prints one job id per line (then the batch id)."""
     from app import jobs
-    from app.submit import submit_file
+    from app.schemas import MAX_BATCH_NAME, check_name
+    from app.submit import check_broker, submit_file
 
     _ready(migrate=True)
     options = _options(mode, extract, dpi)
     tenant = _tenant(tenant)
     files = _files(paths)
+    try:
+        check_name(batch or "", MAX_BATCH_NAME, "--batch")
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    check_broker()  # an outage ends here, before a batch or job exists
     batch_id = jobs.create_batch(batch, tenant) if batch or len(files) > 1 else None
     ids = []
     for path in files:
@@ -246,7 +294,15 @@ def result(
             f"{': ' + job.error if job.error else ''}[/red]"
         )
         raise typer.Exit(1)
-    data = get_storage().get(key)
+    storage = get_storage()
+    if output is not None and fmt == "md":
+        from app.runner import write_markdown
+
+        # Figures go beside the file, as `pagemill run` writes them, so the links work.
+        document = json.loads(storage.get(job.result_json_key)) if job.result_json_key else {}
+        write_markdown(job, {"pages": [], **document}, output, storage)
+        return
+    data = storage.get(key)
     if output is None:
         sys.stdout.buffer.write(data)
     else:

@@ -72,6 +72,22 @@ def create_job(
     return job_id
 
 
+def discard_submission(job_ids: Sequence[str], batch_id: str | None = None) -> None:
+    """Deletes the jobs (and batch) of a submission that failed half-way, before its
+    client learnt their ids. A prepare already sent for one of them finds no job and does
+    nothing; the job row lock orders this against a worker's set_pages."""
+    with session_scope() as session:
+        for job_id in job_ids:
+            job = session.get(Job, job_id, with_for_update=True)
+            if job is not None:
+                session.delete(job)  # pages and regions go with it
+        session.flush()
+        if batch_id is not None:
+            batch = session.get(Batch, batch_id)
+            if batch is not None and not batch.jobs:
+                session.delete(batch)
+
+
 def fail_job(job_id: str, error: str) -> None:
     """Marks a job failed as a whole (the document could not be opened, or was refused)."""
     with session_scope() as session:

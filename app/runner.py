@@ -177,12 +177,12 @@ def _write_outputs(
         if job.result_markdown_key and job.result_json_key:
             target = out / names[path]
             target.parent.mkdir(parents=True, exist_ok=True)
-            images_dir = f"{target.name}.images"
             document = storage.get(job.result_json_key)
-            _copy_images(job, json.loads(document), target.parent / images_dir, storage)
-            markdown = storage.get(job.result_markdown_key).decode()
-            target.with_name(target.name + ".md").write_text(
-                relink_images(markdown, images_dir), encoding="utf-8"
+            write_markdown(
+                job,
+                json.loads(document),
+                target.with_name(target.name + ".md"),
+                storage,
             )
             target.with_name(target.name + ".json").write_bytes(document)
         if job.state != JobState.SUCCEEDED:
@@ -194,6 +194,16 @@ def _write_outputs(
         console.print(jobs_table(failed))
         return 1
     return 0
+
+
+def write_markdown(job: Job, document: dict[str, Any], path: Path, storage: ObjectStorage) -> None:
+    """A job's markdown at `path`, its figures (listed in its JSON `document`) in
+    `<stem>.images/` beside it, and the markdown's links pointing there."""
+    assert job.result_markdown_key is not None
+    images_dir = f"{path.stem}.images"
+    _copy_images(job, document, path.parent / images_dir, storage)
+    markdown = storage.get(job.result_markdown_key).decode()
+    path.write_text(relink_images(markdown, images_dir), encoding="utf-8")
 
 
 def _copy_images(job: Job, document: dict[str, Any], folder: Path, storage: ObjectStorage) -> None:

@@ -18,11 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from app.errors import StorageError as StorageError  # re-exported: its old home
 from app.settings import Settings, get_settings
-
-
-class StorageError(RuntimeError):
-    """Storage is unreachable or refused; the operation may succeed if retried."""
 
 
 class ObjectNotFound(KeyError):
@@ -78,6 +75,10 @@ def result_key(tenant: str, job_id: str, name: str) -> str:
 def image_link(page_number: int, index: int) -> str:
     """A kept crop's path relative to document.md, as the markdown and JSON name it."""
     return f"{IMAGES_DIR}/page-{page_number:05d}-region-{index:04d}.png"
+
+
+# The file names image_link makes, and the only ones the API serves from IMAGES_DIR.
+IMAGE_NAME_PATTERN = r"^page-[0-9]{5,}-region-[0-9]{4,}\.png$"
 
 
 def relink_images(markdown: str, images_dir: str) -> str:
