@@ -423,13 +423,17 @@ def api(
     """Serve the HTTP API (uvicorn)."""
     import uvicorn
 
+    from app.logs import configure_logging
+
     _ready()
     settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
     uvicorn.run(
         "app.api.main:app",
         host=host or settings.api_host,
         port=port or settings.api_port,
-        log_level="info",
+        log_config=None,  # uvicorn's loggers go through pagemill's handler and format
+        log_level=settings.log_level.lower(),
     )
 
 

@@ -101,6 +101,13 @@ class Settings(BaseSettings):
     openai_timeout_seconds: float = 120.0
     openai_max_retries: int = 5
 
+    # -- logs and metrics --------------------------------------------------------------
+    log_format: Literal["json", "text"] = "text"
+    log_level: str = "INFO"
+    # Each worker process set serves Prometheus metrics and its health on this port (one
+    # port more per GPU with --gpus); 0 turns it off.
+    worker_metrics_port: int = Field(default=9100, ge=0, le=65535)
+
     # -- API ---------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = 8000
