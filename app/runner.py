@@ -22,7 +22,7 @@ from app.models import Job, JobState
 from app.processes import start, stop, worker_command
 from app.schemas import JobOptions, JobOut
 from app.settings import get_settings
-from app.status import job_out, load_job
+from app.status import ANY_TENANT, job_out, load_job
 from app.storage import ObjectStorage, get_storage, relink_images, result_key
 
 
@@ -169,7 +169,7 @@ def _write_outputs(
 ) -> int:
     storage = get_storage()
     with session_scope() as session:
-        rows = {job_id: load_job(session, job_id) for job_id in submitted}
+        rows = {job_id: load_job(session, job_id, ANY_TENANT) for job_id in submitted}
     failed = []
     for job_id, path in submitted.items():
         job = rows[job_id]
@@ -177,12 +177,12 @@ def _write_outputs(
         if job.result_markdown_key and job.result_json_key:
             target = out / names[path]
             target.parent.mkdir(parents=True, exist_ok=True)
-            images_dir = f"{target.name}.images"
             document = storage.get(job.result_json_key)
-            _copy_images(job_id, json.loads(document), target.parent / images_dir, storage)
-            markdown = storage.get(job.result_markdown_key).decode()
-            target.with_name(target.name + ".md").write_text(
-                relink_images(markdown, images_dir), encoding="utf-8"
+            write_markdown(
+                job,
+                json.loads(document),
+                target.with_name(target.name + ".md"),
+                storage,
             )
             target.with_name(target.name + ".json").write_bytes(document)
         if job.state != JobState.SUCCEEDED:
@@ -196,12 +196,22 @@ def _write_outputs(
     return 0
 
 
-def _copy_images(
-    job_id: str, document: dict[str, Any], folder: Path, storage: ObjectStorage
-) -> None:
+def write_markdown(job: Job, document: dict[str, Any], path: Path, storage: ObjectStorage) -> None:
+    """A job's markdown at `path`, its figures (listed in its JSON `document`) in
+    `<stem>.images/` beside it, and the markdown's links pointing there."""
+    assert job.result_markdown_key is not None
+    images_dir = f"{path.stem}.images"
+    _copy_images(job, document, path.parent / images_dir, storage)
+    markdown = storage.get(job.result_markdown_key).decode()
+    path.write_text(relink_images(markdown, images_dir), encoding="utf-8")
+
+
+def _copy_images(job: Job, document: dict[str, Any], folder: Path, storage: ObjectStorage) -> None:
     for page in document["pages"]:
         for region in page["regions"]:
             link = region.get("image")
             if link:
                 folder.mkdir(parents=True, exist_ok=True)
-                (folder / Path(link).name).write_bytes(storage.get(result_key(job_id, link)))
+                (folder / Path(link).name).write_bytes(
+                    storage.get(result_key(job.tenant, job.id, link))
+                )

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 RouteName = Literal["text", "formula", "table", "skip", "abandon"]
@@ -22,8 +22,9 @@ class Settings(BaseSettings):
 
     # -- where state lives -------------------------------------------------------------
     data_dir: Path = Path(".pagemill")
-    database_url: str | None = None  # default: sqlite:///<data_dir>/pagemill.db
-    broker_url: str | None = None  # default: filesystem broker under <data_dir>/broker
+    # URLs may carry passwords: kept out of the settings' repr, logged only redacted.
+    database_url: str | None = Field(default=None, repr=False)  # default: SQLite in data_dir
+    broker_url: str | None = Field(default=None, repr=False)  # default: filesystem broker
     broker_polling_interval: float = 0.02  # filesystem broker only
     # Redis hands an unacknowledged message to another worker after this long: the time to
     # recover work from a worker machine that died. Longer than any task may run.
@@ -35,7 +36,7 @@ class Settings(BaseSettings):
     s3_endpoint: str | None = None
     s3_region: str = "us-east-1"
     s3_access_key: str | None = None
-    s3_secret_key: str | None = None
+    s3_secret_key: SecretStr | None = None
     s3_bucket: str | None = None
     s3_prefix: str = ""
     storage_dir: Path | None = None  # default: <data_dir>/storage
@@ -104,16 +105,29 @@ class Settings(BaseSettings):
 
     # OpenAI-compatible server (e.g. an existing `vllm serve`).
     openai_base_url: str = "http://127.0.0.1:8000/v1"
-    openai_api_key: str | None = None
+    openai_api_key: SecretStr | None = None
     openai_model: str = "zai-org/GLM-OCR"
     openai_concurrency: int = 32
     openai_timeout_seconds: float = 120.0
     openai_max_retries: int = 5
 
+    # -- logs and metrics --------------------------------------------------------------
+    log_format: Literal["json", "text"] = "text"
+    log_level: str = "INFO"
+    # Each worker process set serves Prometheus metrics and its health on this port (one
+    # port more per GPU with --gpus); 0 turns it off.
+    worker_metrics_port: int = Field(default=9100, ge=0, le=65535)
+
     # -- API ---------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     public_url: str | None = None  # base of result links, when behind a proxy
+    # "on": every /v1 route needs `Authorization: Bearer KEY` (`pagemill keys create`);
+    # "off" (only when set explicitly) serves everyone as the tenant "default".
+    api_auth: Literal["on", "off"] = "on"
+    presign_seconds: int = Field(default=900, ge=1, le=604_800)  # presigned URLs (S3: ≤ 7 days)
+    # `pagemill flower`: user:password[,user:password...] (or --basic-auth-file).
+    flower_basic_auth: SecretStr | None = None
 
     @field_validator("label_routes", "vllm_engine_args", "vllm_limit_mm_per_prompt", mode="before")
     @classmethod

@@ -15,16 +15,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from app.errors import DocumentError
 from app.media import PDF, SUPPORTED, describe_unsupported, sniff_media_type
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
 __all__ = ["PDF", "DocumentError", "describe_unsupported", "sniff_media_type"]
-
-
-class DocumentError(ValueError):
-    """The document cannot be processed; retrying will not help."""
 
 
 @dataclass(frozen=True, slots=True)

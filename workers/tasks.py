@@ -19,29 +19,15 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Reject
 from celery.signals import worker_init, worker_process_init
-from kombu.exceptions import OperationalError as BrokerError
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app import jobs
+from app.errors import EngineDead, TransientError, translate
 from app.queue import ASSEMBLE, PAGE, PREPARE, RECOGNIZE, get_celery, send
 from app.settings import get_settings
-from app.storage import StorageError
 from workers import pipeline
-from workers.engines.base import EngineDead, EngineUnavailable
 
 log = logging.getLogger(__name__)
 celery_app = get_celery()
-
-# Connection-level failures only: an integrity or data error will not pass by waiting.
-TRANSIENT = (
-    OperationalError,
-    InterfaceError,
-    StorageError,
-    BrokerError,
-    ConnectionError,
-    TimeoutError,
-    EngineUnavailable,
-)
 
 
 def _backoff(retries: int) -> float:
@@ -56,10 +42,13 @@ def _run(
     on_transient: Callable[[], None] | None = None,
 ) -> None:
     try:
-        messages = work()
+        try:
+            messages = work()
+        except Exception as raw:
+            raise translate(raw) from raw
     except EngineDead as exc:
         _engine_died(exc)
-    except TRANSIENT as exc:
+    except TransientError as exc:
         log.warning("transient error in %s, retrying: %s", task.name, exc)
         if on_transient is not None:
             with contextlib.suppress(Exception):  # the database may be what is down

@@ -30,12 +30,23 @@ def _env(pagemill: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
+def api_key(stack_env: dict[str, str]) -> str:
+    """A key of the tenant these tests act for (tests/integration/test_tenants.py tests the
+    keys themselves)."""
+    from app.keys import create_key
+
+    services.configure(stack_env)
+    return create_key("api-tests", "test_api").key
+
+
+@pytest.fixture(scope="module")
 def api(
     stack_env: dict[str, str],
     stack_workers: dict[str, object],
+    api_key: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[httpx.Client]:
-    """A real API server process against the session's stack."""
+    """A real API server process against the session's stack, called with an API key."""
     port = services.free_port()
     log_path = tmp_path_factory.mktemp("api") / "api.log"
     with log_path.open("wb") as log:
@@ -50,7 +61,11 @@ def api(
             services.wait_for_port(port, 30, process)  # type: ignore[arg-type]
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(f"{exc}\n{log_path.read_text()}") from None
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}",
+            timeout=30,
+            headers={"Authorization": f"Bearer {api_key}"},
+        ) as client:
             yield client
     finally:
         process.terminate()
@@ -346,7 +361,9 @@ def test_app_lifespan_refuses_an_unmigrated_database(
 
 
 @pytest.fixture(scope="module")
-def degraded_api(stack_env: dict[str, str], api: httpx.Client) -> Iterator[httpx.Client]:
+def degraded_api(
+    stack_env: dict[str, str], api: httpx.Client, api_key: str
+) -> Iterator[httpx.Client]:
     """A second API on the same (migrated) database, with its broker and storage pointed at
     ports where nothing listens."""
     dead_redis, dead_s3, port = services.free_port(), services.free_port(), services.free_port()
@@ -365,7 +382,11 @@ def degraded_api(stack_env: dict[str, str], api: httpx.Client) -> Iterator[httpx
     )
     try:
         services.wait_for_port(port, 30, process)  # type: ignore[arg-type]
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}",
+            timeout=120,
+            headers={"Authorization": f"Bearer {api_key}"},
+        ) as client:
             yield client
     finally:
         process.terminate()

@@ -7,17 +7,10 @@ from typing import Protocol
 
 import numpy as np
 
+from app.errors import EngineDead, EngineUnavailable
 from workers.engines.types import LayoutRegion, RecognitionRequest, RecognitionResult
 
-
-class EngineDead(RuntimeError):
-    """The engine stopped working. The worker process exits non-zero so its supervisor
-    restarts it; the messages it held go back to the queue."""
-
-
-class EngineUnavailable(RuntimeError):
-    """The engine's server cannot be reached now (after the engine's own retries). The work
-    goes back to the queue and is tried again later; nothing is marked failed."""
+__all__ = ["EngineDead", "EngineUnavailable", "LayoutEngine", "Recognizer"]
 
 
 class LayoutEngine(Protocol):
