@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DOCS ?= samples
 OUT ?= out
 
-.PHONY: install install-vllm run test lint bench bench-accuracy bench-layout bench-vllm clean
+.PHONY: install install-vllm install-paddlex run test lint bench bench-accuracy bench-layout bench-vllm clean
 
 $(BIN)/pagemill: pyproject.toml scripts/install.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/install.sh
@@ -20,7 +20,11 @@ install-vllm: install
 run: install
 	$(BIN)/pagemill run $(DOCS) -o $(OUT)
 
-test: install-vllm
+# PaddleX and PaddlePaddle (CPU) in a venv of their own, .venv-paddlex (see the script).
+install-paddlex: install
+	bash scripts/install-paddlex.sh
+
+test: install-vllm install-paddlex
 	bash scripts/install-tesseract.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -46,4 +50,4 @@ bench-vllm: install-vllm
 	$(BIN)/python -m benchmarks.recognize --engine openai --n 32
 
 clean:
-	rm -rf $(VENV) .pagemill out .scratch
+	rm -rf $(VENV) .venv-paddlex .pagemill out .scratch

@@ -439,30 +439,34 @@ def api(
 
 @cli.command()
 def worker(
-    role: Annotated[str, typer.Argument(help="cpu or gpu")],
+    role: Annotated[str, typer.Argument(help="cpu, gpu or layout")],
     concurrency: Annotated[int | None, typer.Option(help="pool size")] = None,
     gpus: Annotated[
-        str | None, typer.Option(help="gpu role: one worker process per listed GPU, e.g. 0,1,3")
+        str | None,
+        typer.Option(help="gpu and layout roles: one worker process per listed GPU, e.g. 0,1,3"),
     ] = None,
 ) -> None:
-    """Run a Celery worker for the cpu or gpu queue."""
+    """Run a Celery worker for the cpu or gpu queue; `layout` serves the cpu queue with one
+    batching layout engine per process (per GPU with --gpus)."""
     from app.processes import start, stop, worker_command
 
     _ready()
     settings = get_settings()
-    if role not in ("cpu", "gpu"):
-        console.print("[red]role is cpu or gpu[/red]")
+    if role not in ("cpu", "gpu", "layout"):
+        console.print("[red]role is cpu, gpu or layout[/red]")
         raise typer.Exit(2)
-    if gpus is None or role != "gpu":
+    if gpus is None or role == "cpu":
         argv, env = worker_command(role, settings, concurrency=concurrency)
         os.execve(argv[0], argv, {**os.environ, **env})
     devices = [d.strip() for d in gpus.split(",") if d.strip()]
     processes = []
     for device in devices:
         argv, env = worker_command(
-            role, settings, concurrency=concurrency, hostname=f"gpu{device}@%h"
+            role, settings, concurrency=concurrency, hostname=f"{role}{device}@%h"
         )
         env["CUDA_VISIBLE_DEVICES"] = device
+        if role == "layout":  # the one visible GPU
+            env["PAGEMILL_LAYOUT_DEVICE"] = "cuda:0"
         processes.append(start(argv, env))
     try:
         # One engine per GPU: if any dies, stop all and exit non-zero so the supervisor

@@ -51,10 +51,11 @@ class Settings(BaseSettings):
     # -- render and layout -------------------------------------------------------------
     render_dpi: int = 200
     render_max_pixels: int = 40_000_000  # a page is rendered smaller if it would exceed this
-    layout_engine: Literal["rapid", "paddlex"] = "rapid"
+    layout_engine: Literal["rapid", "paddlex", "transformers"] = "rapid"
     layout_min_score: float = 0.35
     crop_margin: int = 8
-    # Threads of each ONNX model (rapid-layout, rapidocr) per process; 0 = one per core.
+    # Threads of each ONNX model (rapid-layout, rapidocr) and of the torch layout model on
+    # CPU, per process; 0 = one per core.
     # With several worker processes per machine, 1 avoids them fighting over the cores.
     onnx_threads: int = 0
     text_mode: Literal["auto", "ocr", "text"] = "auto"
@@ -62,15 +63,24 @@ class Settings(BaseSettings):
     # PAGEMILL_LABEL_ROUTES='{"header": "text"}'.
     label_routes: dict[str, RouteName] = Field(default_factory=dict)
 
-    # PP-DocLayout-V3 through PaddleX.
+    # PP-DocLayout-V3, through transformers or PaddleX: shared settings.
+    # Hub id or local folder of the safetensors weights (transformers engine).
+    layout_model: str = "PaddlePaddle/PP-DocLayoutV3_safetensors"
+    layout_device: str = "cpu"  # cpu | cuda:N (PaddleX: cuda:N is gpu:N)
+    layout_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    layout_batch_size: int = 8  # pages per forward pass, at most
+    # After the first page arrives, how long the engine waits for more before a pass.
+    layout_batch_wait_ms: float = 5.0
+    layout_threshold: float | dict[str, float] = 0.3  # one value, or per label (+ "default")
+    layout_nms: bool = True
+    # Nested boxes: large | small | union, or per label as GLM-OCR configures it.
+    layout_merge_mode: str | dict[str, str] = "large"
+    # Share of the GPU's memory the layout model may take (the rest is vLLM's); None = no cap.
+    layout_gpu_memory_fraction: float | None = None
+    layout_concurrency: int = 16  # pages one `pagemill worker layout` process holds at once
+    # PaddleX only: the exported inference model.
     paddlex_model_name: str = "PP-DocLayoutV3"
     paddlex_model_dir: Path | None = None
-    paddlex_device: str = "cpu"
-    paddlex_batch_size: int = 1
-    paddlex_threshold: float | dict[str, float] = 0.3  # one value, or per label
-    paddlex_layout_nms: bool = True
-    # layout_merge_bboxes_mode: large | small | union, or per label as GLM-OCR configures it.
-    paddlex_merge_mode: str | dict[str, str] = "large"
     paddlex_layout_shape_mode: str = "auto"
 
     # -- recognition -------------------------------------------------------------------
