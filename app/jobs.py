@@ -53,6 +53,7 @@ def create_job(
     options: dict[str, Any],
     batch_id: str | None = None,
     tenant: str = DEFAULT_TENANT,
+    password_ciphertext: str | None = None,
 ) -> str:
     job_id = new_id()
     with session_scope() as session:
@@ -67,6 +68,7 @@ def create_job(
                 media_type=media_type,
                 options=options,
                 state=JobState.QUEUED,
+                password_ciphertext=password_ciphertext,
             )
         )
     return job_id

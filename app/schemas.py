@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
 
 class JobOptions(BaseModel):
@@ -16,6 +16,10 @@ class JobOptions(BaseModel):
     dpi: int | None = Field(default=None, ge=50, le=600)
     # Information extraction: a JSON template (keys with empty values) filled per page.
     extract: str | None = None
+    # The password of an encrypted PDF. Never dumped with the options: the submitter stores
+    # it encrypted in jobs.password_ciphertext (app/secrets.py). No length rule: a
+    # validation error would print the value.
+    password: SecretStr | None = Field(default=None, exclude=True)
 
     @field_validator("extract", mode="before")
     @classmethod

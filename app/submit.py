@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import IO
 
 from app import jobs
-from app.media import sniff_media_type
+from app.media import display_filename, sniff_media_type
 from app.queue import PREPARE, send
 from app.schemas import JobOptions
 from app.settings import Settings, get_settings
@@ -77,7 +77,7 @@ def submit_file(
     """Stores one file and enqueues it. A file that cannot be a document still becomes a
     job, which `prepare` fails with a readable error, so every input has a visible outcome."""
     settings = settings or get_settings()
-    name = filename or path.name
+    name = display_filename(filename or path.name)
     size = path.stat().st_size
     if size > settings.max_upload_bytes:
         return _refused(
@@ -104,6 +104,7 @@ def submit_stream(
 ) -> Submitted:
     """An upload: spooled to disk and hashed in one pass, then stored like a file."""
     settings = settings or get_settings()
+    filename = display_filename(filename)
     try:
         path, digest, size = spool(source, settings.max_upload_bytes)
     except FileTooLarge as exc:
@@ -138,9 +139,18 @@ def _store_and_enqueue(
         options=_option_values(options),
         batch_id=batch_id,
         tenant=tenant,
+        password_ciphertext=_password_ciphertext(options, settings),
     )
     send(PREPARE, job_id)
     return Submitted(job_id=job_id, filename=filename)
+
+
+def _password_ciphertext(options: JobOptions | None, settings: Settings) -> str | None:
+    if options is None or options.password is None:
+        return None
+    from app.secrets import encrypt_password
+
+    return encrypt_password(options.password.get_secret_value(), settings)
 
 
 def _option_values(options: JobOptions | None) -> dict[str, object]:

@@ -32,6 +32,10 @@ def create_jobs(
         str | None, Form(description="JSON template for information extraction")
     ] = None,
     extract_file: Annotated[UploadFile | None, File(description="JSON template as a file")] = None,
+    password: Annotated[
+        str | None,
+        Form(description="password of encrypted PDFs; stored encrypted, never returned"),
+    ] = None,
 ) -> SubmitOut:
     """Stores each file and enqueues it; several files (or a batch name) make one batch.
     Each file becomes a job even if it is no document: it then fails with the reason."""
@@ -39,9 +43,21 @@ def create_jobs(
     if extract_file is not None:
         template = extract_file.file.read().decode("utf-8", errors="replace")
     try:
-        options = JobOptions(text_mode=mode, dpi=dpi, extract=template)
+        options = JobOptions(
+            text_mode=mode,
+            dpi=dpi,
+            extract=template,
+            password=password or None,  # type: ignore[arg-type]
+        )
     except (ValidationError, ValueError) as exc:
         raise HTTPException(422, f"invalid options: {exc}") from None
+    if options.password is not None:
+        from app.secrets import SecretKeyMissing, require_key
+
+        try:
+            require_key(settings)
+        except SecretKeyMissing as exc:
+            raise HTTPException(503, str(exc)) from None
     batch_id = jobs.create_batch(batch_name, tenant) if len(files) > 1 or batch_name else None
     ids = [
         submit_stream(
