@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,6 +51,8 @@ MIN_PAGE_POINTS = 1.0
 def _pdfium_message(exc: Exception, password_given: bool = False) -> str:
     text = str(exc)
     lowered = text.lower()
+    if getattr(exc, "err_code", None) == _PRIMED_ERROR:  # see open_pdf
+        return "empty or broken PDF: pdfium finds no page to open"
     if "password" in lowered or "security" in lowered:
         if password_given:
             return "encrypted PDF: the password given does not open it"
@@ -59,10 +62,20 @@ def _pdfium_message(exc: Exception, password_given: bool = False) -> str:
     return f"cannot open PDF ({text})"
 
 
+# pdfium fails on a PDF without pages without setting its last error, so the error of
+# the previous failed document in this process would be reported instead (a page-less PDF
+# after an encrypted one said "password required"). open_pdf first sets it to "file access
+# error" by opening no file; still that value after a failed open of an existing file, it
+# means pdfium gave no reason.
+_PRIMED_ERROR = 2  # FPDF_ERR_FILE
+
+
 @contextmanager
 def open_pdf(path: Path, password: str | None = None) -> Iterator[Any]:
     import pypdfium2 as pdfium
+    import pypdfium2.raw as raw
 
+    raw.FPDF_LoadDocument(b"", None)  # fails, setting the last error to FPDF_ERR_FILE
     try:
         pdf = pdfium.PdfDocument(str(path), password=password)
     except pdfium.PdfiumError as exc:
@@ -157,9 +170,11 @@ def _open_image(path: Path, max_pixels: int | None = None) -> Iterator[PILImage]
         # Pillow's own guard (it errors at twice this) stays behind the check below.
         Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        image = Image.open(path)
+        with warnings.catch_warnings():  # the check below says it, as an error
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
     except Image.DecompressionBombError as exc:
-        raise DocumentError(f"image too large: {exc}") from None
+        raise DocumentError(f"image too large: {exc} (PAGEMILL_MAX_IMAGE_PIXELS)") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DocumentError(f"corrupt or unreadable image ({exc})") from None
     try:
@@ -258,7 +273,7 @@ def _render_pdf_page(
 
     if expired():  # loading the page's content alone took the time
         raise too_slow()
-    size_x, size_y = math.ceil(width * scale), math.ceil(height * scale)
+    size_x, size_y = max(1, int(width * scale)), max(1, int(height * scale))  # under the cap
     bitmap = pdfium.PdfBitmap.new_native(
         size_x, size_y, format=raw.FPDFBitmap_BGR, rev_byteorder=False
     )
