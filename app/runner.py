@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 import unicodedata
@@ -143,6 +144,9 @@ def run_documents(
 
     names = _output_names(files, roots)
     processes: list[subprocess.Popen[bytes]] = []
+    # `kill` of the run must stop its workers too (they run in sessions of their own):
+    # SIGTERM unwinds like Ctrl-C, through the `finally` below.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         if start_workers:
             processes = _start_workers(cpu_workers, gpu_workers)
@@ -161,6 +165,10 @@ def run_documents(
 
 class WorkerDied(RuntimeError):
     pass
+
+
+def _exit_on_signal(signum: int, _: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _check_alive(processes: list[subprocess.Popen[bytes]]) -> None:

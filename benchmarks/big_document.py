@@ -84,7 +84,7 @@ def _poll(database: Path) -> tuple[int | None, int, str | None]:
 
 
 def run(pages: int, dpi: int, prepare_only: bool, keep: Path | None) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="pagemill-big-") as folder:
+    with tempfile.TemporaryDirectory(prefix="pagemill-big-", ignore_cleanup_errors=True) as folder:
         scratch = keep or Path(folder)
         scratch.mkdir(parents=True, exist_ok=True)
         pdf = scratch / f"big-{pages}.pdf"

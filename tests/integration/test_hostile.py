@@ -478,3 +478,48 @@ def test_embedded_run_writes_odd_names_inside_out(tmp_path: Path) -> None:
     assert key.stat().st_mode & 0o777 == 0o600
     for log in (tmp_path / "state" / "logs").glob("*.log"):
         assert PASSWORD not in log.read_text(errors="replace")
+
+
+def test_killing_pagemill_run_stops_its_workers(tmp_path: Path) -> None:
+    """SIGTERM to `pagemill run` (a user's `kill`, a CI timeout) leaves no worker behind:
+    they run in sessions of their own, so nothing else would stop them."""
+    from app.processes import child_pids
+
+    pages = [((0, 0, 595, 842), documents.text_line(f"Page {n}")) for n in range(200)]
+    pdf = documents.make_raw_pdf(tmp_path / "long.pdf", pages)
+    env = _environ({"PAGEMILL_DATA_DIR": str(tmp_path / "state")})
+    run = subprocess.Popen(
+        [PAGEMILL, "run", str(pdf), "-o", str(tmp_path / "out"), "--mode", "text"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    workers: set[int] = set()
+    database = tmp_path / "state" / "pagemill.db"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and run.poll() is None:
+        for pid in child_pids(run.pid):
+            workers.add(pid)
+            workers.update(child_pids(pid))
+        if len(workers) >= 4 and database.exists() and b"running" in _job_states(database):
+            break
+        time.sleep(0.2)
+    assert run.poll() is None and len(workers) >= 4, workers
+    run.terminate()
+    run.wait(120)
+    alive = {pid for pid in workers if Path(f"/proc/{pid}").exists() and not _zombie(pid)}
+    assert alive == set(), f"workers left running: {alive}"
+
+
+def _job_states(database: Path) -> bytes:
+    import sqlite3
+
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as conn:
+        return b" ".join(row[0].encode() for row in conn.execute("SELECT state FROM jobs"))
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
