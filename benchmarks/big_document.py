@@ -9,7 +9,8 @@ The PDF is written page by page (one short line each), so the generator holds on
 object offsets. `--mode text` with a low dpi keeps each page cheap: the point is what a
 long document costs in memory, not OCR speed. `--prepare-only` stops the run once prepare
 has recorded every page (the part that must not grow with the document: page sizes read
-one at a time, page rows, one message per page). Writes benchmarks/results/big-document.json.
+one at a time, page rows, one message per page). Writes benchmarks/results/big-document-N.json
+(big-document-prepare.json with --prepare-only).
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ def _poll(database: Path) -> tuple[int | None, int, str | None]:
     return (row[0], row[1], row[2]) if row else (None, 0, None)
 
 
-def run(pages: int, dpi: int, prepare_only: bool, keep: Path | None) -> dict[str, Any]:
+def run(
+    pages: int, dpi: int, prepare_only: bool, keep: Path | None, budget: float | None = None
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="pagemill-big-", ignore_cleanup_errors=True) as folder:
         scratch = keep or Path(folder)
         scratch.mkdir(parents=True, exist_ok=True)
@@ -113,6 +116,9 @@ def run(pages: int, dpi: int, prepare_only: bool, keep: Path | None) -> dict[str
                     if prepare_only:
                         time.sleep(5)  # let the fan-out of page messages finish
                         break
+                if budget is not None and time.perf_counter() - started > budget:
+                    print(f"  stopped after the budget of {budget:.0f} s", flush=True)
+                    break
                 time.sleep(1.0)
             if process.poll() is None:
                 process.terminate()  # pagemill run stops its workers on SIGTERM
@@ -125,6 +131,7 @@ def run(pages: int, dpi: int, prepare_only: bool, keep: Path | None) -> dict[str
             "pdf_bytes": size,
             "generate_seconds": round(generate_seconds, 2),
             "prepare_only": prepare_only,
+            "budget_seconds": budget,
             "seconds_to_prepared": round(prepared_at, 1) if prepared_at else None,
             "wall_seconds": round(wall, 1),
             "job_state": state,
@@ -161,13 +168,17 @@ def main() -> None:
     parser.add_argument("--dpi", type=int, default=72, help="render resolution (cheap)")
     parser.add_argument("--prepare-only", action="store_true")
     parser.add_argument("--keep", type=Path, help="keep the PDF and state here")
+    parser.add_argument(
+        "--budget-minutes", type=float, help="stop the big run after this long (partial numbers)"
+    )
     args = parser.parse_args()
 
     results: dict[str, Any] = {"command": " ".join(sys.argv), "cores": os.cpu_count()}
     for label, pages in (("baseline", args.baseline), ("big", args.pages)):
         print(f"{label}: {pages} pages", flush=True)
         keep = args.keep / label if args.keep else None
-        results[label] = run(pages, args.dpi, args.prepare_only and label == "big", keep)
+        budget = args.budget_minutes * 60 if args.budget_minutes and label == "big" else None
+        results[label] = run(pages, args.dpi, args.prepare_only and label == "big", keep, budget)
         for proc in results[label]["processes"]:
             print(f"  {proc['peak_rss_mib']:>8} MiB  {proc['command']}")
         print(
@@ -177,7 +188,7 @@ def main() -> None:
             flush=True,
         )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "big-document-prepare.json" if args.prepare_only else "big-document.json"
+    name = "big-document-prepare.json" if args.prepare_only else f"big-document-{args.pages}.json"
     (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
     print(f"written to {RESULTS / name}")
 
