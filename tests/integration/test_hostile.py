@@ -152,11 +152,16 @@ def batch(
     files["pdf-named.jpg"].write_bytes(good.read_bytes())
     batch_id = jobs.create_batch("hostile")
     ids = {name: submit_file(path, batch_id=batch_id).job_id for name, path in files.items()}
+    small = Settings(max_upload_bytes=100)
+    ids["too-large.pdf"] = submit_file(
+        good, filename="too-large.pdf", batch_id=batch_id, settings=small
+    ).job_id
     wait_for_jobs(list(ids.values()), timeout=600)
     return {**ids, "batch": batch_id}
 
 
 EXPECTED_FAILURES = {
+    "too-large.pdf": "file too large",
     "truncated.pdf": "corrupt or unreadable PDF",
     "encrypted.pdf": "encrypted PDF: a password is required to open it",
     "zero-pages.pdf": "empty or broken PDF",

@@ -124,21 +124,25 @@ def test_password_is_never_dumped_with_the_options() -> None:
     assert options.password is not None and options.password.get_secret_value() == "hunter2"
 
 
+def _embedded(data_dir: Path) -> Settings:
+    # Explicit, whatever PAGEMILL_* this process has: no broker server, no key.
+    return Settings(data_dir=data_dir, broker_url=None, secret_key=None)
+
+
 def test_embedded_key_is_generated_private_and_reused(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "data")
-    token = encrypt_password("hunter2", settings)
+    token = encrypt_password("hunter2", _embedded(tmp_path / "data"))
     assert "hunter2" not in token
     key = tmp_path / "data" / "secret.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
-    assert decrypt_password(token, Settings(data_dir=tmp_path / "data")) == "hunter2"
+    assert decrypt_password(token, _embedded(tmp_path / "data")) == "hunter2"
     with pytest.raises(SecretKeyMissing):
-        decrypt_password(token, Settings(data_dir=tmp_path / "other"))
+        decrypt_password(token, _embedded(tmp_path / "other"))
 
 
 def test_distributed_mode_needs_the_key() -> None:
     from cryptography.fernet import Fernet
 
-    distributed = Settings(broker_url="redis://127.0.0.1:1/0")
+    distributed = Settings(broker_url="redis://127.0.0.1:1/0", secret_key=None)
     with pytest.raises(SecretKeyMissing, match="PAGEMILL_SECRET_KEY is not set"):
         require_key(distributed)
     keyed = Settings(broker_url="redis://127.0.0.1:1/0", secret_key=Fernet.generate_key().decode())
