@@ -37,6 +37,14 @@ ExtractOption = Annotated[
     ),
 ]
 DpiOption = Annotated[int | None, typer.Option("--dpi", help="render resolution")]
+PasswordOption = Annotated[
+    str | None,
+    typer.Option(
+        "--password",
+        help="password of encrypted PDFs (stored encrypted, never shown); @FILE reads it "
+        "from a file, which keeps it out of the process list",
+    ),
+]
 
 
 def main() -> None:
@@ -97,7 +105,9 @@ def _ready(*, migrate: bool = False) -> None:
     require_migrated(settings)  # DatabaseNotReady: main() prints it, exit 2
 
 
-def _options(mode: str | None, extract: str | None, dpi: int | None) -> JobOptions:
+def _options(
+    mode: str | None, extract: str | None, dpi: int | None, password: str | None = None
+) -> JobOptions:
     from pydantic import ValidationError
 
     from app.schemas import JobOptions
@@ -109,11 +119,37 @@ def _options(mode: str | None, extract: str | None, dpi: int | None) -> JobOptio
             not extract.lstrip().startswith("{") and candidate.is_file()
         ):
             template = candidate.read_text(encoding="utf-8")
+    if password is not None:
+        password = _read_password(password)
     try:
         # `mode` is a plain string here; pydantic checks it against the allowed modes.
-        return JobOptions(text_mode=mode, extract=template, dpi=dpi)  # type: ignore[arg-type]
+        options = JobOptions(
+            text_mode=mode,  # type: ignore[arg-type]
+            extract=template,
+            dpi=dpi,
+            password=password,  # type: ignore[arg-type]
+        )
     except (ValidationError, ValueError) as exc:
         console.print(f"[red]invalid options: {exc}[/red]")
+        raise typer.Exit(2) from None
+    if password is not None:
+        from app.passwords import SecretKeyMissing, require_key
+
+        try:
+            require_key(get_settings())
+        except SecretKeyMissing as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
+    return options
+
+
+def _read_password(value: str) -> str:
+    if not value.startswith("@"):
+        return value
+    try:
+        return Path(value[1:]).read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        console.print(f"[red]cannot read the password file: {exc.strerror}[/red]")
         raise typer.Exit(2) from None
 
 
@@ -165,6 +201,7 @@ def submit(
     tenant: Annotated[str, typer.Option("--tenant", help="the tenant the jobs belong to")] = (
         "default"
     ),
+    password: PasswordOption = None,
 ) -> None:
     """Store documents and enqueue them. Prints one job id per line (then the batch id)."""
     from app import jobs
@@ -172,7 +209,7 @@ def submit(
     from app.submit import check_broker, submit_file
 
     _ready(migrate=True)
-    options = _options(mode, extract, dpi)
+    options = _options(mode, extract, dpi, password)
     tenant = _tenant(tenant)
     files = _files(paths)
     try:
@@ -392,6 +429,7 @@ def run(
     ] = True,
     cpu_workers: Annotated[int | None, typer.Option(help="cpu worker processes")] = None,
     gpu_workers: Annotated[int | None, typer.Option(help="recognition worker processes")] = None,
+    password: PasswordOption = None,
 ) -> None:
     """Process documents start to finish on this machine and write OUT/<name>.md and .json.
 
@@ -401,7 +439,7 @@ def run(
     from app.runner import run_documents
 
     _ready(migrate=True)
-    options = _options(mode, extract, dpi)
+    options = _options(mode, extract, dpi, password)
     code = run_documents(
         _files(docs),
         docs,

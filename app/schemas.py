@@ -7,7 +7,7 @@ import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
 # Job and batch ids are uuid4 hex (app.jobs.new_id); anything else cannot exist.
 ID_PATTERN = r"^[0-9a-f]{32}$"
@@ -37,6 +37,10 @@ class JobOptions(BaseModel):
     dpi: int | None = Field(default=None, ge=50, le=600)
     # Information extraction: a JSON template (keys with empty values) filled per page.
     extract: str | None = None
+    # The password of an encrypted PDF. Never dumped with the options: the submitter stores
+    # it encrypted in jobs.password_ciphertext (app/passwords.py). No length rule: a
+    # validation error would print the value.
+    password: SecretStr | None = Field(default=None, exclude=True)
 
     @field_validator("extract", mode="before")
     @classmethod

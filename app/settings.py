@@ -42,8 +42,20 @@ class Settings(BaseSettings):
     storage_dir: Path | None = None  # default: <data_dir>/storage
 
     # -- limits and retries ------------------------------------------------------------
-    max_upload_bytes: int = 512 * 1024 * 1024
-    max_pages_per_document: int = 10_000
+    # Each limit ends as a readable error on its job (upload, pages, image pixels) or page
+    # (render time, regions); the rest of the batch goes on.
+    max_upload_bytes: int = 512 * 1024 * 1024  # larger uploads are refused before storing
+    max_pages_per_document: int = 10_000  # a longer document fails its job at prepare
+    # Images (PNG, JPEG, TIFF, WebP) declaring more pixels than this in their header are
+    # refused before decoding: a few-kilobyte file can declare a 40-gigabyte bitmap. The
+    # default takes an A0 scan at 300 dpi (140 Mpx).
+    max_image_pixels: int = 200_000_000
+    # A PDF page still drawing after this long fails (pdfium's progressive renderer is
+    # asked to pause and abandoned); the page task's Celery time limit is the backstop.
+    render_timeout_seconds: float = 120.0
+    # A page whose layout finds more regions than this fails: no real page has that many,
+    # and each region is a crop and a recognition request.
+    max_regions_per_page: int = 1_000
     task_max_attempts: int = 3  # a poison message ends after this many deliveries
     retry_backoff_seconds: float = 2.0
     inline_image_max_bytes: int = 256 * 1024  # crops larger than this go through storage
@@ -110,6 +122,11 @@ class Settings(BaseSettings):
     openai_concurrency: int = 32
     openai_timeout_seconds: float = 120.0
     openai_max_retries: int = 5
+
+    # Key that encrypts document passwords in the database (a Fernet key: 32 url-safe
+    # base64 bytes). Embedded, one is generated into <data_dir>/secret.key (mode 0600);
+    # distributed, the API and every worker must share it, or passwords are refused.
+    secret_key: SecretStr | None = None
 
     # -- logs and metrics --------------------------------------------------------------
     log_format: Literal["json", "text"] = "text"

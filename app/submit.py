@@ -14,7 +14,7 @@ from typing import IO
 
 from app import jobs
 from app.errors import BrokerUnavailable, TransientError, translate
-from app.media import sniff_media_type
+from app.media import display_filename, sniff_media_type
 from app.queue import PREPARE, get_celery, send
 from app.schemas import JobOptions
 from app.settings import Settings, get_settings
@@ -81,7 +81,7 @@ def submit_file(
     """Stores one file and enqueues it. A file that cannot be a document still becomes a
     job, which `prepare` fails with a readable error, so every input has a visible outcome."""
     settings = settings or get_settings()
-    name = filename or path.name
+    name = display_filename(filename or path.name)
     size = path.stat().st_size
     if size > settings.max_upload_bytes:
         return _refused(
@@ -108,6 +108,7 @@ def submit_stream(
 ) -> Submitted:
     """An upload: spooled to disk and hashed in one pass, then stored like a file."""
     settings = settings or get_settings()
+    filename = display_filename(filename)
     try:
         path, digest, size = spool(source, settings.max_upload_bytes)
     except FileTooLarge as exc:
@@ -142,6 +143,7 @@ def _store_and_enqueue(
         options=_option_values(options),
         batch_id=batch_id,
         tenant=tenant,
+        password_ciphertext=_password_ciphertext(options, settings),
     )
     _send_or_discard(job_id)
     return Submitted(job_id=job_id, filename=filename)
@@ -209,6 +211,14 @@ def _discard(job_ids: list[str], batch_id: str | None) -> None:
         # The database is down too: the jobs stay queued, and the sweeper sends their
         # prepare again later, so they still end consistently.
         log.warning("could not discard unsent jobs %s", job_ids, exc_info=True)
+
+
+def _password_ciphertext(options: JobOptions | None, settings: Settings) -> str | None:
+    if options is None or options.password is None:
+        return None
+    from app.passwords import encrypt_password
+
+    return encrypt_password(options.password.get_secret_value(), settings)
 
 
 def _option_values(options: JobOptions | None) -> dict[str, object]:

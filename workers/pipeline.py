@@ -33,6 +33,7 @@ from workers.documents import (
     PDF,
     DocumentError,
     describe_unsupported,
+    open_pdf,
     page_sizes,
     render_page,
     sniff_media_type,
@@ -114,12 +115,30 @@ def prepare_document(job_id: str, settings: Settings) -> list[Message]:
     try:
         path = fetch_original(job.tenant, job.content_sha256, settings)
         media_type = _media_type(path)
-        sizes = page_sizes(path, media_type, settings.max_pages_per_document)
+        sizes = page_sizes(
+            path,
+            media_type,
+            settings.max_pages_per_document,
+            password=_password(job, settings),
+            max_image_pixels=settings.max_image_pixels,
+        )
     except DocumentError as exc:
         jobs.fail_job(job_id, str(exc))
         return []
     pages = jobs.set_pages(job_id, [jobs.PageSize(size.width_pt, size.height_pt) for size in sizes])
     return [(PAGE, (job_id, number)) for number in pages]
+
+
+def _password(job: Job, settings: Settings) -> str | None:
+    """The job's document password, decrypted only in memory, for as long as it is used."""
+    if not job.password_ciphertext:
+        return None
+    from app.passwords import SecretKeyMissing, decrypt_password
+
+    try:
+        return decrypt_password(job.password_ciphertext, settings)
+    except SecretKeyMissing as exc:
+        raise DocumentError(str(exc)) from None
 
 
 # -- page ------------------------------------------------------------------------------
@@ -195,8 +214,18 @@ def _layout_page(job: Job, number: int, settings: Settings) -> int:
     media_type = job.media_type
     assert media_type is not None, "prepare refuses documents of no known type"
 
+    password = _password(job, settings)
     started = time.perf_counter()
-    rendered = render_page(path, media_type, number, options.dpi, settings.render_max_pixels)
+    rendered = render_page(
+        path,
+        media_type,
+        number,
+        options.dpi,
+        settings.render_max_pixels,
+        password=password,
+        timeout=settings.render_timeout_seconds,
+        max_image_pixels=settings.max_image_pixels,
+    )
     render_ms = (time.perf_counter() - started) * 1000
     image = rendered.image
     height, width = image.shape[:2]
@@ -210,11 +239,19 @@ def _layout_page(job: Job, number: int, settings: Settings) -> int:
     else:
         engine = registry.layout_engine(settings)
         started = time.perf_counter()
-        regions = arrange_page(engine.detect(image), width, height, first_page=number == 1)
+        found = engine.detect(image)
+        if len(found) > settings.max_regions_per_page:
+            raise DocumentError(
+                f"too many regions: layout found {len(found)} (the limit is "
+                f"{settings.max_regions_per_page}, PAGEMILL_MAX_REGIONS_PER_PAGE)"
+            )
+        regions = arrange_page(found, width, height, first_page=number == 1)
         layout_ms = (time.perf_counter() - started) * 1000
         layout_name = f"{engine.name}/{engine.version}"
 
-    text_layer, texts = _text_layer(path, media_type, number, rendered.scale, regions, options)
+    text_layer, texts = _text_layer(
+        path, media_type, number, rendered.scale, regions, options, password
+    )
     routes = routing_table(settings.label_routes)
     rows: list[dict[str, Any]] = []
     crops = {}
@@ -266,6 +303,7 @@ def _text_layer(
     scale: float,
     regions: list[LayoutRegion],
     options: PageOptions,
+    password: str | None = None,
 ) -> tuple[str | None, dict[int, str]]:
     """The page's text-layer verdict (None when not consulted) and the text of each region
     index that takes it: in `auto` mode the regions that pass the trust check (so a
@@ -274,7 +312,8 @@ def _text_layer(
         return None, {}
     from workers.textlayer import read_region_texts
 
-    layer = read_region_texts(path, number - 1, scale, [r.bbox for r in regions])
+    with open_pdf(path, password) as pdf:
+        layer = read_region_texts(pdf, number - 1, scale, [r.bbox for r in regions])
     texts = {
         index: found.text
         for index, found in enumerate(layer.regions)

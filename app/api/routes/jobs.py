@@ -93,6 +93,10 @@ def create_jobs(
         str | None, Form(description="JSON template for information extraction")
     ] = None,
     extract_file: Annotated[UploadFile | None, File(description="JSON template as a file")] = None,
+    password: Annotated[
+        str | None,
+        Form(description="password of encrypted PDFs; stored encrypted, never returned"),
+    ] = None,
 ) -> SubmitOut:
     """Stores each file and enqueues it; several files (or a batch name) make one batch.
     Each file becomes a job even if it is no document: it then fails with the reason.
@@ -105,11 +109,23 @@ def create_jobs(
             raise _invalid("extract_file", f"over {MAX_TEMPLATE_BYTES} bytes", None)
         template = raw.decode("utf-8", errors="replace")
     try:
-        options = JobOptions(text_mode=mode, dpi=dpi, extract=template)
+        options = JobOptions(
+            text_mode=mode,
+            dpi=dpi,
+            extract=template,
+            password=password or None,  # type: ignore[arg-type]
+        )
     except (ValidationError, ValueError) as exc:
         raise _invalid(
             "extract" if template else "options", f"invalid options: {exc}", None
         ) from None
+    if options.password is not None:
+        from app.passwords import SecretKeyMissing, require_key
+
+        try:
+            require_key(settings)
+        except SecretKeyMissing as exc:
+            raise HTTPException(503, str(exc)) from None
     names = []
     for upload in files:
         name = upload.filename or "upload"
