@@ -163,9 +163,9 @@ def _open_image(path: Path, max_pixels: int | None = None) -> Iterator[PILImage]
     """Opens an image, reading its header only; refuses one that declares too many pixels."""
     from PIL import Image, UnidentifiedImageError
 
-    if max_pixels is not None:
-        # Pillow's own guard (it errors at twice this) stays behind the check below.
-        Image.MAX_IMAGE_PIXELS = max_pixels
+    # Pillow's own guard is process-wide and approximate (a warning at its limit, an error
+    # at twice it); the exact check below reads the header's size before anything decodes.
+    Image.MAX_IMAGE_PIXELS = None
     try:
         with warnings.catch_warnings():  # the check below says it, as an error
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -33,13 +33,6 @@ FIGURES_ONLY = json.dumps({"text": "skip", "paragraph_title": "skip", "doc_title
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _env(pagemill: dict[str, str]) -> dict[str, str]:
-    """This process's environment without its PAGEMILL_*, plus `pagemill`; the console
-    script imports this checkout's code, not whichever one is installed editable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAGEMILL_")}
-    return {**env, "PYTHONPATH": str(services.ROOT), **pagemill}
-
-
 @dataclass
 class Stack:
     env: dict[str, str]
@@ -105,42 +98,14 @@ class Api:
     log: Path
 
 
-def _start_api(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A `pagemill api` process and its base URL."""
-    port = services.free_port()
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [PAGEMILL, "api", "--port", str(port)],
-            env=_env(env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        services.wait_for_port(port, 60, process)  # type: ignore[arg-type]
-    except (RuntimeError, TimeoutError) as exc:
-        process.kill()
-        raise RuntimeError(f"{exc}\n{log_path.read_text()}") from None
-    return process, f"http://127.0.0.1:{port}"
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
-
-
 @pytest.fixture(scope="module")
 def api(private_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     log_path = tmp_path_factory.mktemp("robust-api") / "api.log"
-    process, url = _start_api(private_stack.env, log_path)
-    try:
-        with httpx.Client(base_url=url, timeout=120) as client:
-            yield Api(client, log_path)
-    finally:
-        _stop(process)
+    with (
+        services.api_server(private_stack.env, log_path) as url,
+        httpx.Client(base_url=url, timeout=120) as client,
+    ):
+        yield Api(client, log_path)
 
 
 def _upload(name: str = "page.png", data: bytes = PNG) -> tuple[str, tuple[str, bytes, str]]:
@@ -317,7 +282,7 @@ def test_pagemill_result_writes_the_figures_beside_the_file(
     target.parent.mkdir()
     result = subprocess.run(
         [PAGEMILL, "result", figure_job["id"], "-o", str(target)],
-        env=_env(private_stack.env),
+        env=services.process_env(private_stack.env),
         capture_output=True,
         text=True,
         timeout=120,
@@ -419,7 +384,7 @@ def test_api_names_a_refused_database_password_not_a_missing_schema(
     env = {**private_stack.env, "PAGEMILL_DATABASE_URL": private_stack.postgres.url("wrong-pw")}
     result = subprocess.run(
         [PAGEMILL, "api", "--port", str(services.free_port())],
-        env=_env(env),
+        env=services.process_env(env),
         capture_output=True,
         text=True,
         timeout=60,
@@ -434,24 +399,25 @@ def test_api_names_a_refused_database_password_not_a_missing_schema(
 
 
 @pytest.fixture(scope="module")
-def fuzz_headers() -> dict[str, str]:
-    """Headers every fuzzed request carries (an API key once PAGEMILL_API_AUTH is on)."""
-    return {}
+def fuzz_env(stack_env: dict[str, str]) -> dict[str, str]:
+    """The session's stack with a broker of its own and no workers: the fuzzed jobs stay
+    queued and cost nothing. API keys are on, as in production."""
+    return {**stack_env, **services.broker_env("fuzz")}
 
 
 @pytest.fixture(scope="module")
-def fuzz_api(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """An API on the session's stack with a broker of its own and no workers: the fuzzed
-    jobs stay queued and cost nothing."""
-    env = {**stack_env, **services.broker_env("fuzz"), "PAGEMILL_API_AUTH": "off"}
+def fuzz_headers(fuzz_env: dict[str, str]) -> dict[str, str]:
+    """Every fuzzed request carries an API key."""
+    return services.bearer(services.api_key(fuzz_env, "fuzz", "schemathesis"))
+
+
+@pytest.fixture(scope="module")
+def fuzz_api(fuzz_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log_path = tmp_path_factory.mktemp("fuzz-api") / "api.log"
-    process, url = _start_api(env, log_path)
-    try:
+    with services.api_server(fuzz_env, log_path) as url:
         yield url
-    finally:
-        _stop(process)
-        errors = [line for line in log_path.read_text().splitlines() if "Traceback" in line]
-        assert not errors, log_path.read_text()
+    errors = [line for line in log_path.read_text().splitlines() if "Traceback" in line]
+    assert not errors, log_path.read_text()
 
 
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(
@@ -482,7 +448,12 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
         *[f"--header={name}: {value}" for name, value in fuzz_headers.items()],
     ]
     result = subprocess.run(
-        argv, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=_env({})
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env=services.process_env({}),
     )
     print(result.stdout[-1500:])  # the summary, shown with -s or on failure
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]

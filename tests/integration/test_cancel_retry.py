@@ -3,7 +3,6 @@ workers on Redis, Postgres and SeaweedFS."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -46,45 +45,21 @@ def env(
     services.configure(stack_env)
 
 
-def _subprocess_env(env: dict[str, str]) -> dict[str, str]:
-    # PYTHONPATH: the `pagemill` script imports this checkout, whatever the venv points at.
-    base = {k: v for k, v in os.environ.items() if not k.startswith("PAGEMILL_")}
-    return {**base, **env, "PYTHONPATH": str(services.ROOT)}
-
-
 @pytest.fixture(scope="module")
 def api(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    port = services.free_port()
+    key = services.api_key(env, name="cancel-retry tests")
     log_path = tmp_path_factory.mktemp("api") / "api.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [PAGEMILL, "api", "--port", str(port)],
-            env=_subprocess_env(env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        try:
-            services.wait_for_port(port, 60, process)  # type: ignore[arg-type]
-        except (RuntimeError, TimeoutError) as exc:
-            raise RuntimeError(f"{exc}\n{log_path.read_text()}") from None
-        from app.keys import create_key
-
-        key = create_key("default", "cancel-retry tests").key
-        headers = {"Authorization": f"Bearer {key}"}
-        with httpx.Client(
-            base_url=f"http://127.0.0.1:{port}", timeout=60, headers=headers
-        ) as client:
-            yield client
-    finally:
-        process.terminate()
-        process.wait(30)
+    with (
+        services.api_server(env, log_path) as url,
+        httpx.Client(base_url=url, timeout=60, headers=services.bearer(key)) as client,
+    ):
+        yield client
 
 
 def pagemill(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [PAGEMILL, *args],
-        env=_subprocess_env(env),
+        env=services.process_env(env),
         capture_output=True,
         text=True,
         timeout=300,

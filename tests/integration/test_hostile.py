@@ -5,7 +5,6 @@ rest of its batch succeeds. Document passwords never appear in clear anywhere.""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -88,17 +87,10 @@ def _result(job_id: str, fmt: str = "json") -> bytes:
     return get_storage().get(key)
 
 
-def _environ(pagemill: dict[str, str]) -> dict[str, str]:
-    """This process's environment without its PAGEMILL_*, plus `pagemill`; PYTHONPATH makes
-    the `pagemill` script import this checkout, not wherever the package was installed from."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("PAGEMILL_")}
-    return {**clean, "PYTHONPATH": str(services.ROOT), "COLUMNS": "250", **pagemill}
-
-
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [PAGEMILL, *args],
-        env=_environ(env),
+        env=services.process_env({"COLUMNS": "250"} | env),
         capture_output=True,
         text=True,
         timeout=300,
@@ -296,21 +288,12 @@ def test_a_page_with_more_regions_than_allowed_fails_alone(
 
 @pytest.fixture(scope="module")
 def api(hostile_env: dict[str, str], hostile_workers: None, logs: Path) -> Iterator[httpx.Client]:
-    port = services.free_port()
-    with (logs / "api.log").open("wb") as log:
-        process = subprocess.Popen(
-            [PAGEMILL, "api", "--port", str(port)],
-            env=_environ(hostile_env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        services.wait_for_port(port, 60, process)  # type: ignore[arg-type]
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            yield client
-    finally:
-        process.terminate()
-        process.wait(20)
+    key = services.api_key(hostile_env)
+    with (
+        services.api_server(hostile_env, logs / "api.log") as url,
+        httpx.Client(base_url=url, timeout=60, headers=services.bearer(key)) as client,
+    ):
+        yield client
 
 
 def _wait_api(api: httpx.Client, job_id: str, timeout: float = 300) -> dict[str, Any]:
@@ -460,7 +443,7 @@ def test_embedded_run_writes_odd_names_inside_out(tmp_path: Path) -> None:
         (docs / name).write_bytes(good.read_bytes())
     documents.make_encrypted_pdf(docs / "locked.pdf", good, PASSWORD)
     (docs / "[bold]broken.pdf").write_bytes(b"%PDF-1.4 nothing else")
-    env = _environ({"PAGEMILL_DATA_DIR": str(tmp_path / "state")})
+    env = services.process_env({"COLUMNS": "250"} | {"PAGEMILL_DATA_DIR": str(tmp_path / "state")})
     run = subprocess.run(
         [PAGEMILL, "run", "docs", "-o", "out", "--mode", "text", "--password", PASSWORD],
         cwd=tmp_path,
@@ -492,7 +475,7 @@ def test_killing_pagemill_run_stops_its_workers(tmp_path: Path) -> None:
 
     pages = [((0, 0, 595, 842), documents.text_line(f"Page {n}")) for n in range(200)]
     pdf = documents.make_raw_pdf(tmp_path / "long.pdf", pages)
-    env = _environ({"PAGEMILL_DATA_DIR": str(tmp_path / "state")})
+    env = services.process_env({"COLUMNS": "250"} | {"PAGEMILL_DATA_DIR": str(tmp_path / "state")})
     run = subprocess.Popen(
         [PAGEMILL, "run", str(pdf), "-o", str(tmp_path / "out"), "--mode", "text"],
         env=env,

@@ -5,13 +5,11 @@ presigned signatures and expiry, unlike moto)."""
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -28,14 +26,13 @@ PAGEMILL = str(Path(sys.executable).parent / "pagemill")
 MISSING = "0" * 32
 
 
-def _env(pagemill: Mapping[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAGEMILL_")}
-    return {**env, **pagemill}
-
-
 def _pagemill(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PAGEMILL, *args], env=_env(env), capture_output=True, text=True, timeout=120
+        [PAGEMILL, *args],
+        env=services.process_env(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -48,37 +45,11 @@ def _create_key(env: Mapping[str, str], tenant: str, name: str) -> str:
     return key
 
 
-@contextmanager
-def _api_process(env: Mapping[str, str], log: Path) -> Iterator[str]:
-    """A `pagemill api` process; yields its base URL."""
-    port = services.free_port()
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [PAGEMILL, "api", "--port", str(port)],
-            env=_env(env),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        try:
-            services.wait_for_port(port, 60, process)  # type: ignore[arg-type]
-        except (RuntimeError, TimeoutError) as exc:
-            raise RuntimeError(f"{exc}\n{log.read_text()}") from None
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
 @pytest.fixture(scope="module")
 def base_url(
     stack_env: dict[str, str], stack_workers: object, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    with _api_process(stack_env, tmp_path_factory.mktemp("tenants-api") / "api.log") as url:
+    with services.api_server(stack_env, tmp_path_factory.mktemp("tenants-api") / "api.log") as url:
         yield url
 
 
@@ -397,7 +368,10 @@ def test_an_expired_presigned_url_is_refused(
 ) -> None:
     job_id = acme_batch["jobs"][0]["id"]
     env = {**stack_env, "PAGEMILL_PRESIGN_SECONDS": "1"}
-    with _api_process(env, tmp_path / "api.log") as url, _client(url, keys["acme"]) as client:
+    with (
+        services.api_server(env, tmp_path / "api.log") as url,
+        _client(url, keys["acme"]) as client,
+    ):
         presigned = _presigned(client, job_id)
     assert dict(parse_qsl(urlsplit(presigned).query))["X-Amz-Expires"] == "1"
     time.sleep(3)
@@ -412,7 +386,7 @@ def test_with_auth_off_everyone_is_the_default_tenant(
     stack_env: dict[str, str], acme_batch: dict[str, Any], upload: bytes, tmp_path: Path
 ) -> None:
     env = {**stack_env, "PAGEMILL_API_AUTH": "off"}
-    with _api_process(env, tmp_path / "api.log") as url, _client(url) as client:
+    with services.api_server(env, tmp_path / "api.log") as url, _client(url) as client:
         assert client.get(f"/v1/jobs/{acme_batch['jobs'][0]['id']}").status_code == 404
         response = client.post("/v1/jobs", files={"files": ("x.png", upload, "image/png")})
         assert response.status_code == 201, response.text
