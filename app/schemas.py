@@ -124,9 +124,15 @@ class SubmitOut(BaseModel):
 
 
 class ErrorOut(BaseModel):
-    """Every error but validation (422, FastAPI's own shape): 404, 409, 503."""
+    """Every error but validation (422, FastAPI's own shape): 401, 404, 409, 503."""
 
     detail: str
+
+
+# Every /v1 route may answer this (with `WWW-Authenticate: Bearer`).
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "no valid API key (Authorization: Bearer KEY)"}
+}
 
 
 class Health(BaseModel):

@@ -22,7 +22,7 @@ from app.db import session_scope
 from app.models import Job, Page
 from app.queue import ASSEMBLE, PAGE, PREPARE, RECOGNIZE
 from app.settings import Settings
-from app.storage import get_storage
+from app.storage import get_storage, result_key
 from app.submit import submit_file
 from tests.conftest import wait_for_jobs
 from tests.support import documents, services
@@ -420,7 +420,7 @@ def test_file_names_are_labels_never_keys_or_paths(
         assert json.loads(_result(job_id))["filename"] == NAMES[given]
         job = _job(job_id)
         keys = [job.result_json_key or "", job.result_markdown_key or ""]
-        assert all(key.startswith(f"results/{job_id}/") for key in keys), keys
+        assert all(key.startswith(result_key("default", job_id, "")) for key in keys), keys
     # No object in storage is named after a file.
     storage: Any = get_storage()
     listed = storage.client.list_objects_v2(Bucket=storage.bucket)

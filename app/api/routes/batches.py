@@ -9,12 +9,17 @@ from sqlalchemy.orm import Session
 
 from app import control
 from app.api.deps import LinkBaseDep, SessionDep, TenantDep, current_tenant
-from app.schemas import ID_PATTERN, BatchOut, ErrorOut
+from app.schemas import ID_PATTERN, UNAUTHORIZED, BatchOut, ErrorOut
 from app.status import batch_out, load_batch
 
 # Every route here authenticates first (before storage or anything else is touched), even
 # one that forgets TenantDep; FastAPI then reuses the same tenant for the route's TenantDep.
-router = APIRouter(prefix="/v1/batches", tags=["batches"], dependencies=[Depends(current_tenant)])
+router = APIRouter(
+    prefix="/v1/batches",
+    tags=["batches"],
+    dependencies=[Depends(current_tenant)],
+    responses=UNAUTHORIZED,
+)
 BatchId = Annotated[str, Path(pattern=ID_PATTERN, description="32 hex characters")]
 
 

@@ -26,6 +26,7 @@ from app.schemas import (
     MAX_FILENAME,
     MAX_TEMPLATE_BYTES,
     NAME_PATTERN,
+    UNAUTHORIZED,
     ErrorOut,
     JobOptions,
     JobOut,
@@ -38,7 +39,12 @@ from app.submit import submit_streams
 
 # Every route here authenticates first (before storage or anything else is touched), even
 # one that forgets TenantDep; FastAPI then reuses the same tenant for the route's TenantDep.
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(current_tenant)])
+router = APIRouter(
+    prefix="/v1/jobs",
+    tags=["jobs"],
+    dependencies=[Depends(current_tenant)],
+    responses=UNAUTHORIZED,
+)
 
 JobId = Annotated[str, Path(pattern=ID_PATTERN, description="32 hex characters")]
 # Every route may answer these; 422 is FastAPI's own validation shape.
