@@ -84,14 +84,15 @@ class Sweeper:
                 marker = self._marker_file()
                 token = marker.read_text().strip() if marker.exists() else None
                 with channel.conn_or_acquire() as client:
-                    found = client.get(MARKER_KEY)
+                    # A hash: kombu's prefixed client prefixes HGET and HSET (not GET).
+                    found = client.hget(MARKER_KEY, "token")
                     if token is not None and (found is None or found.decode() != token):
                         lost = True
                     if token is None or lost:
                         token = uuid.uuid4().hex
                         marker.parent.mkdir(parents=True, exist_ok=True)
                         marker.write_text(token)
-                    client.set(MARKER_KEY, token)
+                    client.hset(MARKER_KEY, "token", token)
         return depth, lost
 
     # -- one pass ------------------------------------------------------------------------
