@@ -35,6 +35,7 @@ from sqlalchemy import or_, select
 
 from app import jobs
 from app.db import session_scope
+from app.errors import TransientError, translate
 from app.models import Job, JobState, Page, PageState, utcnow
 from app.queue import (
     ASSEMBLE,
@@ -267,4 +268,11 @@ def sweep() -> dict[str, int]:
     global _sweeper
     if _sweeper is None:
         _sweeper = Sweeper()
-    return _sweeper.sweep()
+    try:
+        return _sweeper.sweep()
+    except Exception as raw:
+        exc = translate(raw)
+        if not isinstance(exc, TransientError):
+            raise
+        log.warning("sweep skipped, a service is down: %s", exc)  # the next one tries again
+        return {}

@@ -83,12 +83,11 @@ def _deployment(env: dict[str, str], logs: Path, *, supervised: bool = True) -> 
     """The sweeper and, when supervised, one `pagemill worker cpu` and one `pagemill worker
     gpu` (a killed-worker test starts its own workers to kill)."""
     services.configure(env)
-    with ExitStack() as stack:
-        stack.enter_context(services.pagemill_process(env, ["sweeper"], logs / "sweeper.log"))
-        if supervised:
-            for role in ("cpu", "gpu"):
-                args = ["worker", role, "--concurrency", "1"]
-                stack.enter_context(services.pagemill_process(env, args, logs / f"{role}.log"))
+    commands = [(["sweeper"], logs / "sweeper.log")]
+    if supervised:
+        for role in ("cpu", "gpu"):
+            commands.append((["worker", role, "--concurrency", "1"], logs / f"{role}.log"))
+    with services.pagemill_processes(env, commands):
         yield
 
 

@@ -411,21 +411,23 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 
 @contextmanager
-def pagemill_process(
-    env: Mapping[str, str], args: list[str], log_path: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    """`pagemill ARGS` of this checkout as a process (e.g. `worker cpu`, `sweeper`), stopped
-    with SIGTERM (a warm shutdown) at the end."""
+def pagemill_processes(
+    env: Mapping[str, str], commands: list[tuple[list[str], Path]]
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """`pagemill ARGS` of this checkout, one process per (args, log file) (e.g. `worker cpu`,
+    `sweeper`), all stopped together with SIGTERM (a warm shutdown) at the end."""
     from app.processes import start, stop
 
-    argv = [sys.executable, "-c", "from app.cli import main; main()", *args]
     saved = os.getcwd()
-    os.chdir(ROOT)  # the child imports this checkout's code
+    os.chdir(ROOT)  # the children import this checkout's code
+    processes: list[subprocess.Popen[bytes]] = []
     try:
-        process = start(argv, env, log_path=log_path)
+        for args, log_path in commands:
+            argv = [sys.executable, "-c", "from app.cli import main; main()", *args]
+            processes.append(start(argv, env, log_path=log_path))
     finally:
         os.chdir(saved)
     try:
-        yield process
+        yield processes
     finally:
-        stop([process], timeout=60)
+        stop(processes, timeout=90)
