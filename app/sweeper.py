@@ -24,6 +24,7 @@ in app.jobs. Run one sweeper per deployment.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections import Counter
@@ -66,7 +67,10 @@ class Sweeper:
     # -- the broker ----------------------------------------------------------------------
 
     def _marker_file(self) -> Path:
-        return self.settings.data_dir / "sweeper-marker"
+        """Remembers, across restarts of the sweeper, that this broker had the marker."""
+        broker = f"{self.settings.resolved_broker_url}|{self.settings.broker_key_prefix}"
+        digest = hashlib.sha256(broker.encode()).hexdigest()[:16]
+        return self.settings.data_dir / f"sweeper-marker-{digest}"
 
     def _broker(self) -> tuple[dict[str, int], bool]:
         """Messages waiting in each queue, and whether the broker lost its data since the
@@ -82,18 +86,18 @@ class Sweeper:
                 queue.bind(channel).declare()
                 depth[queue.name] = channel.queue_declare(queue=queue.name).message_count
             if hasattr(channel, "conn_or_acquire"):  # Redis: the marker
-                marker = self._marker_file()
-                token = marker.read_text().strip() if marker.exists() else None
+                # Lost: this sweeper saw a marker before (its file says so) and it is gone.
+                # Any marker will do, so a second sweeper by mistake cannot look like a loss.
+                seen = self._marker_file()
                 with channel.conn_or_acquire() as client:
                     # A hash: kombu's prefixed client prefixes HGET and HSET (not GET).
                     found = client.hget(MARKER_KEY, "token")
-                    if token is not None and (found is None or found.decode() != token):
-                        lost = True
-                    if token is None or lost:
-                        token = uuid.uuid4().hex
-                        marker.parent.mkdir(parents=True, exist_ok=True)
-                        marker.write_text(token)
-                    client.hset(MARKER_KEY, "token", token)
+                    lost = found is None and seen.exists()
+                    if found is None:
+                        client.hset(MARKER_KEY, "token", uuid.uuid4().hex)
+                if not seen.exists():
+                    seen.parent.mkdir(parents=True, exist_ok=True)
+                    seen.write_text("the broker had the sweeper's marker\n")
         return depth, lost
 
     # -- one pass ------------------------------------------------------------------------
