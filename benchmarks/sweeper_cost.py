@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             PAGEMILL_BROKER_URL=REDIS,
             PAGEMILL_BROKER_KEY_PREFIX=f"{name}:",
             PAGEMILL_DATA_DIR=f"/tmp/{name}",
+            # The held pages stand for live workers, whose heartbeats the fill outlasts.
+            PAGEMILL_LEASE_SECONDS="86400",
         )
         from app.db import migrate
         from app.sweeper import Sweeper

@@ -195,3 +195,23 @@ def test_when_the_broker_lost_its_data_everything_waiting_is_sent_at_once(
     assert _queued("gpu") == [("pagemill.recognize", [running, 2])]
     assert _client().exists(sweep_env["PAGEMILL_BROKER_KEY_PREFIX"] + MARKER_KEY)
     assert sweeper.sweep() == {}, "recovery ends when everything waiting was sent"
+
+
+def test_pagemill_sweeper_once_does_one_pass(sweep_env: dict[str, str]) -> None:
+    import os
+    import subprocess
+    import sys
+
+    job_id = _job()
+    _age_job(job_id, 60)
+    out = subprocess.run(
+        [sys.executable, "-c", "from app.cli import main; main()", "sweeper", "--once"],
+        cwd=services.ROOT,
+        env={**os.environ, **sweep_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"prepare_resent": 1}
+    assert _queued("cpu") == [("pagemill.prepare", [job_id])]
