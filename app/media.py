@@ -1,6 +1,9 @@
-"""What kind of file an upload is, from its first bytes, never from its name."""
+"""What kind of file an upload is, from its first bytes, never from its name; and its
+name made safe to show."""
 
 from __future__ import annotations
+
+import unicodedata
 
 PDF = "application/pdf"
 PNG = "image/png"
@@ -37,3 +40,29 @@ def describe_unsupported(head: bytes) -> str:
         return "not a document: plain text"
     except UnicodeDecodeError:
         return "not a supported document type (supported: PDF, PNG, JPEG, TIFF, WebP)"
+
+
+# Bidirectional overrides and isolates: they make "invoice\u202eFDP.exe" display as
+# "invoiceexe.PDF".
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+MAX_FILENAME_CHARS = 1024  # jobs.filename
+
+
+def display_filename(name: str) -> str:
+    """A submitted file name as it is stored and shown: as given (a path-like name stays
+    a label; no key or path is ever built from it) without control and bidi-override
+    characters, which would rewrite a terminal or a listing, and within the column's size."""
+    cleaned = "".join(
+        c for c in valid_unicode(name) if unicodedata.category(c) != "Cc" and c not in BIDI_CONTROLS
+    ).strip()
+    return cleaned[:MAX_FILENAME_CHARS] or "upload"
+
+
+def valid_unicode(name: str) -> str:
+    """Undecodable bytes of a file system name (Python keeps them as lone surrogates, which
+    no database accepts) become U+FFFD."""
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = name.encode("utf-8", "replace")
+    return raw.decode("utf-8", "replace")

@@ -25,14 +25,20 @@ def worker_command(
 
     The gpu worker runs vLLM in its own process (vLLM cannot live in a prefork child), so it
     takes the threads pool with one thread per page it holds; the engine batches across them.
+    The `layout` role is the cpu queue's work on a GPU host: one process, threads pool, one
+    layout engine batching the pages of every thread (`layout_concurrency` of them).
     CPU recognizers (rapidocr) and the cpu role use prefork, one process per core.
     """
-    if role not in ("cpu", "gpu"):
-        raise ValueError(f"unknown worker role {role!r}: cpu or gpu")
-    threaded = role == "gpu" and settings.recognizer in ("vllm", "openai")
+    if role not in ("cpu", "gpu", "layout"):
+        raise ValueError(f"unknown worker role {role!r}: cpu, gpu or layout")
+    threaded = role == "layout" or (role == "gpu" and settings.recognizer in ("vllm", "openai"))
     pool = "threads" if threaded else "prefork"
+    queue = "cpu" if role == "layout" else role
     if concurrency is None:
-        concurrency = settings.page_concurrency if threaded else max(1, os.cpu_count() or 1)
+        if role == "layout":
+            concurrency = settings.layout_concurrency
+        else:
+            concurrency = settings.page_concurrency if threaded else max(1, os.cpu_count() or 1)
     argv = [
         sys.executable,
         "-m",
@@ -41,7 +47,7 @@ def worker_command(
         "workers.tasks",
         "worker",
         "-Q",
-        role,
+        queue,
         "--pool",
         pool,
         "--concurrency",

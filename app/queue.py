@@ -132,3 +132,21 @@ def __getattr__(name: str) -> Celery:
     if name == "celery_app":
         return get_celery()
     raise AttributeError(name)
+
+
+def queue_depths(settings: Settings | None = None) -> dict[str, int]:
+    """Messages waiting in each queue, not counting those a worker holds. Redis: the length
+    of the queue's list (the key KEDA's scalers read too); the embedded broker: its files."""
+    settings = settings or get_settings()
+    queues = (CPU_QUEUE, GPU_QUEUE)
+    if settings.broker_url is None:
+        folder = settings.broker_dir
+        names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+        return {q: sum(1 for n in names if n.endswith(f".{q}.msg")) for q in queues}
+    import redis
+
+    client = redis.Redis.from_url(settings.broker_url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        return {q: int(client.llen(settings.broker_key_prefix + q)) for q in queues}
+    finally:
+        client.close()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,28 +16,51 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import select
 
 from app import jobs
 from app.db import session_scope
+from app.media import BIDI_CONTROLS, valid_unicode
 from app.models import Job, JobState
 from app.processes import start, stop, worker_command
 from app.schemas import JobOptions, JobOut
 from app.settings import get_settings
-from app.status import job_out, load_job
+from app.status import ANY_TENANT, job_out, load_job
 from app.storage import ObjectStorage, get_storage, relink_images, result_key
+
+# Bytes per name in OUT: the longest input name (255 bytes) plus ".images" must still fit.
+_MAX_PART_BYTES = 200
+
+
+def safe_part(part: str) -> str:
+    """One path component of an output name: control characters and backslashes become _,
+    undecodable bytes U+FFFD, over-long names are cut (the rest stays recognizable);
+    never empty, "." or ".."."""
+    cleaned = "".join(
+        "_" if c in "/\\" or c in BIDI_CONTROLS or unicodedata.category(c) == "Cc" else c
+        for c in valid_unicode(part)
+    )
+    cut = cleaned.encode("utf-8")[:_MAX_PART_BYTES].decode("utf-8", "ignore")
+    return "_" if cut.strip() in ("", ".", "..") else cut
 
 
 def _output_names(files: list[Path], roots: list[str]) -> dict[Path, Path]:
     """OUT-relative names without suffix: the path under the folder it was found in. Names
     that would still clash keep their suffix (scan.pdf, scan.png), then take a counter, so
-    no result overwrites another."""
+    no result overwrites another. Every part is made safe (safe_part), so a name stays
+    inside OUT."""
     folders = [Path(r).resolve() for r in roots if Path(r).is_dir()]
     relative: dict[Path, Path] = {}
     for path in files:
         resolved = path.resolve()
         base = next((f for f in folders if resolved.is_relative_to(f)), resolved.parent)
-        relative[path] = resolved.relative_to(base)
+        parts = resolved.relative_to(base).parts
+        *folders_of, filename = parts
+        suffix = Path(filename).suffix  # a long name loses the end of its stem, not its suffix
+        tail = safe_part(suffix)[:16] if suffix else ""
+        stem = safe_part(filename[: len(filename) - len(suffix)])
+        relative[path] = Path(*map(safe_part, folders_of), stem + tail)
     stems = Counter(r.with_suffix("") for r in relative.values())
     names: dict[Path, Path] = {}
     taken: set[Path] = set()
@@ -97,7 +122,8 @@ def jobs_table(jobs: Sequence[JobOut]) -> Table:
     for job in jobs:
         total = job.progress.pages_total
         pages = f"{job.progress.pages_done}/{total if total is not None else '?'}"
-        table.add_row(job.id, job.filename, job.state, pages, job.error or "")
+        # Text, not markup: a file named "[bold]x" or "[/]" is shown as it is.
+        table.add_row(job.id, Text(job.filename), job.state, pages, Text(job.error or ""))
     return table
 
 
@@ -118,6 +144,9 @@ def run_documents(
 
     names = _output_names(files, roots)
     processes: list[subprocess.Popen[bytes]] = []
+    # `kill` of the run must stop its workers too (they run in sessions of their own):
+    # SIGTERM unwinds like Ctrl-C, through the `finally` below.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         if start_workers:
             processes = _start_workers(cpu_workers, gpu_workers)
@@ -136,6 +165,10 @@ def run_documents(
 
 class WorkerDied(RuntimeError):
     pass
+
+
+def _exit_on_signal(signum: int, _: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _check_alive(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -169,20 +202,21 @@ def _write_outputs(
 ) -> int:
     storage = get_storage()
     with session_scope() as session:
-        rows = {job_id: load_job(session, job_id) for job_id in submitted}
+        rows = {job_id: load_job(session, job_id, ANY_TENANT) for job_id in submitted}
     failed = []
     for job_id, path in submitted.items():
         job = rows[job_id]
         assert job is not None
         if job.result_markdown_key and job.result_json_key:
             target = out / names[path]
+            assert target.resolve().is_relative_to(out.resolve()), target
             target.parent.mkdir(parents=True, exist_ok=True)
-            images_dir = f"{target.name}.images"
             document = storage.get(job.result_json_key)
-            _copy_images(job_id, json.loads(document), target.parent / images_dir, storage)
-            markdown = storage.get(job.result_markdown_key).decode()
-            target.with_name(target.name + ".md").write_text(
-                relink_images(markdown, images_dir), encoding="utf-8"
+            write_markdown(
+                job,
+                json.loads(document),
+                target.with_name(target.name + ".md"),
+                storage,
             )
             target.with_name(target.name + ".json").write_bytes(document)
         if job.state != JobState.SUCCEEDED:
@@ -196,12 +230,22 @@ def _write_outputs(
     return 0
 
 
-def _copy_images(
-    job_id: str, document: dict[str, Any], folder: Path, storage: ObjectStorage
-) -> None:
+def write_markdown(job: Job, document: dict[str, Any], path: Path, storage: ObjectStorage) -> None:
+    """A job's markdown at `path`, its figures (listed in its JSON `document`) in
+    `<stem>.images/` beside it, and the markdown's links pointing there."""
+    assert job.result_markdown_key is not None
+    images_dir = f"{path.stem}.images"
+    _copy_images(job, document, path.parent / images_dir, storage)
+    markdown = storage.get(job.result_markdown_key).decode()
+    path.write_text(relink_images(markdown, images_dir), encoding="utf-8")
+
+
+def _copy_images(job: Job, document: dict[str, Any], folder: Path, storage: ObjectStorage) -> None:
     for page in document["pages"]:
         for region in page["regions"]:
             link = region.get("image")
             if link:
                 folder.mkdir(parents=True, exist_ok=True)
-                (folder / Path(link).name).write_bytes(storage.get(result_key(job_id, link)))
+                (folder / Path(link).name).write_bytes(
+                    storage.get(result_key(job.tenant, job.id, link))
+                )

@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
+
+# Job and batch ids are uuid4 hex (app.jobs.new_id); anything else cannot exist.
+ID_PATTERN = r"^[0-9a-f]{32}$"
+# Names as the database keeps them (app.models: batches.name, jobs.filename).
+MAX_BATCH_NAME = 255
+MAX_FILENAME = 1024
+# Printable text only: NUL and other control characters break databases and terminals.
+NAME_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# An extraction template is a few keys, never a document.
+MAX_TEMPLATE_BYTES = 64 * 1024
+
+
+def check_name(value: str, limit: int, what: str) -> str:
+    """`value` if it fits the database and has no control characters, else ValueError."""
+    if len(value) > limit:
+        raise ValueError(f"{what} is longer than {limit} characters")
+    if _CONTROL.search(value):
+        raise ValueError(f"{what} contains control characters")
+    return value
 
 
 class JobOptions(BaseModel):
@@ -16,13 +37,22 @@ class JobOptions(BaseModel):
     dpi: int | None = Field(default=None, ge=50, le=600)
     # Information extraction: a JSON template (keys with empty values) filled per page.
     extract: str | None = None
+    # The password of an encrypted PDF. Never dumped with the options: the submitter stores
+    # it encrypted in jobs.password_ciphertext (app/passwords.py). No length rule: a
+    # validation error would print the value.
+    password: SecretStr | None = Field(default=None, exclude=True)
 
     @field_validator("extract", mode="before")
     @classmethod
     def _template(cls, value: Any) -> str | None:
         if value is None or value == "":
             return None
-        parsed = json.loads(value) if isinstance(value, str) else value
+        if isinstance(value, str) and len(value.encode()) > MAX_TEMPLATE_BYTES:
+            raise ValueError(f"extract is over {MAX_TEMPLATE_BYTES} bytes")
+        try:
+            parsed = json.loads(value) if isinstance(value, str) else value
+        except RecursionError:
+            raise ValueError("extract is nested too deeply") from None
         if not isinstance(parsed, dict) or not parsed:
             raise ValueError("extract must be a JSON object with at least one key")
         return json.dumps(parsed, ensure_ascii=False)
@@ -91,6 +121,12 @@ class BatchOut(BaseModel):
 class SubmitOut(BaseModel):
     batch_id: str | None
     jobs: list[JobOut]
+
+
+class ErrorOut(BaseModel):
+    """Every error but validation (422, FastAPI's own shape): 404, 409, 503."""
+
+    detail: str
 
 
 class Health(BaseModel):

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 RouteName = Literal["text", "formula", "table", "skip", "abandon"]
@@ -22,8 +22,9 @@ class Settings(BaseSettings):
 
     # -- where state lives -------------------------------------------------------------
     data_dir: Path = Path(".pagemill")
-    database_url: str | None = None  # default: sqlite:///<data_dir>/pagemill.db
-    broker_url: str | None = None  # default: filesystem broker under <data_dir>/broker
+    # URLs may carry passwords: kept out of the settings' repr, logged only redacted.
+    database_url: str | None = Field(default=None, repr=False)  # default: SQLite in data_dir
+    broker_url: str | None = Field(default=None, repr=False)  # default: filesystem broker
     broker_polling_interval: float = 0.02  # filesystem broker only
     # Redis hands an unacknowledged message to another worker after this long: the time to
     # recover work from a worker machine that died. Longer than any task may run.
@@ -35,14 +36,26 @@ class Settings(BaseSettings):
     s3_endpoint: str | None = None
     s3_region: str = "us-east-1"
     s3_access_key: str | None = None
-    s3_secret_key: str | None = None
+    s3_secret_key: SecretStr | None = None
     s3_bucket: str | None = None
     s3_prefix: str = ""
     storage_dir: Path | None = None  # default: <data_dir>/storage
 
     # -- limits and retries ------------------------------------------------------------
-    max_upload_bytes: int = 512 * 1024 * 1024
-    max_pages_per_document: int = 10_000
+    # Each limit ends as a readable error on its job (upload, pages, image pixels) or page
+    # (render time, regions); the rest of the batch goes on.
+    max_upload_bytes: int = 512 * 1024 * 1024  # larger uploads are refused before storing
+    max_pages_per_document: int = 10_000  # a longer document fails its job at prepare
+    # Images (PNG, JPEG, TIFF, WebP) declaring more pixels than this in their header are
+    # refused before decoding: a few-kilobyte file can declare a 40-gigabyte bitmap. The
+    # default takes an A0 scan at 300 dpi (140 Mpx).
+    max_image_pixels: int = 200_000_000
+    # A PDF page still drawing after this long fails (pdfium's progressive renderer is
+    # asked to pause and abandoned); the page task's Celery time limit is the backstop.
+    render_timeout_seconds: float = 120.0
+    # A page whose layout finds more regions than this fails: no real page has that many,
+    # and each region is a crop and a recognition request.
+    max_regions_per_page: int = 1_000
     task_max_attempts: int = 3  # a poison message ends after this many deliveries
     retry_backoff_seconds: float = 2.0
 
@@ -67,10 +80,11 @@ class Settings(BaseSettings):
     # -- render and layout -------------------------------------------------------------
     render_dpi: int = 200
     render_max_pixels: int = 40_000_000  # a page is rendered smaller if it would exceed this
-    layout_engine: Literal["rapid", "paddlex"] = "rapid"
+    layout_engine: Literal["rapid", "paddlex", "transformers"] = "rapid"
     layout_min_score: float = 0.35
     crop_margin: int = 8
-    # Threads of each ONNX model (rapid-layout, rapidocr) per process; 0 = one per core.
+    # Threads of each ONNX model (rapid-layout, rapidocr) and of the torch layout model on
+    # CPU, per process; 0 = one per core.
     # With several worker processes per machine, 1 avoids them fighting over the cores.
     onnx_threads: int = 0
     text_mode: Literal["auto", "ocr", "text"] = "auto"
@@ -78,15 +92,24 @@ class Settings(BaseSettings):
     # PAGEMILL_LABEL_ROUTES='{"header": "text"}'.
     label_routes: dict[str, RouteName] = Field(default_factory=dict)
 
-    # PP-DocLayout-V3 through PaddleX.
+    # PP-DocLayout-V3, through transformers or PaddleX: shared settings.
+    # Hub id or local folder of the safetensors weights (transformers engine).
+    layout_model: str = "PaddlePaddle/PP-DocLayoutV3_safetensors"
+    layout_device: str = "cpu"  # cpu | cuda:N (PaddleX: cuda:N is gpu:N)
+    layout_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    layout_batch_size: int = 8  # pages per forward pass, at most
+    # After the first page arrives, how long the engine waits for more before a pass.
+    layout_batch_wait_ms: float = 5.0
+    layout_threshold: float | dict[str, float] = 0.3  # one value, or per label (+ "default")
+    layout_nms: bool = True
+    # Nested boxes: large | small | union, or per label as GLM-OCR configures it.
+    layout_merge_mode: str | dict[str, str] = "large"
+    # Share of the GPU's memory the layout model may take (the rest is vLLM's); None = no cap.
+    layout_gpu_memory_fraction: float | None = None
+    layout_concurrency: int = 16  # pages one `pagemill worker layout` process holds at once
+    # PaddleX only: the exported inference model.
     paddlex_model_name: str = "PP-DocLayoutV3"
     paddlex_model_dir: Path | None = None
-    paddlex_device: str = "cpu"
-    paddlex_batch_size: int = 1
-    paddlex_threshold: float | dict[str, float] = 0.3  # one value, or per label
-    paddlex_layout_nms: bool = True
-    # layout_merge_bboxes_mode: large | small | union, or per label as GLM-OCR configures it.
-    paddlex_merge_mode: str | dict[str, str] = "large"
     paddlex_layout_shape_mode: str = "auto"
 
     # -- recognition -------------------------------------------------------------------
@@ -111,16 +134,34 @@ class Settings(BaseSettings):
 
     # OpenAI-compatible server (e.g. an existing `vllm serve`).
     openai_base_url: str = "http://127.0.0.1:8000/v1"
-    openai_api_key: str | None = None
+    openai_api_key: SecretStr | None = None
     openai_model: str = "zai-org/GLM-OCR"
     openai_concurrency: int = 32
     openai_timeout_seconds: float = 120.0
     openai_max_retries: int = 5
 
+    # Key that encrypts document passwords in the database (a Fernet key: 32 url-safe
+    # base64 bytes). Embedded, one is generated into <data_dir>/secret.key (mode 0600);
+    # distributed, the API and every worker must share it, or passwords are refused.
+    secret_key: SecretStr | None = None
+
+    # -- logs and metrics --------------------------------------------------------------
+    log_format: Literal["json", "text"] = "text"
+    log_level: str = "INFO"
+    # Each worker process set serves Prometheus metrics and its health on this port (one
+    # port more per GPU with --gpus); 0 turns it off.
+    worker_metrics_port: int = Field(default=9100, ge=0, le=65535)
+
     # -- API ---------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     public_url: str | None = None  # base of result links, when behind a proxy
+    # "on": every /v1 route needs `Authorization: Bearer KEY` (`pagemill keys create`);
+    # "off" (only when set explicitly) serves everyone as the tenant "default".
+    api_auth: Literal["on", "off"] = "on"
+    presign_seconds: int = Field(default=900, ge=1, le=604_800)  # presigned URLs (S3: ≤ 7 days)
+    # `pagemill flower`: user:password[,user:password...] (or --basic-auth-file).
+    flower_basic_auth: SecretStr | None = None
 
     @field_validator("label_routes", "vllm_engine_args", "vllm_limit_mm_per_prompt", mode="before")
     @classmethod

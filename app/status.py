@@ -75,14 +75,14 @@ def job_out(job: Job, *, with_pages: bool = False, link_base: str = "") -> JobOu
 
 
 def batch_state(states: Counter[str]) -> str:
-    """running while any job runs; then succeeded, failed (all failed) or partial."""
+    """running while any job runs; then succeeded, failed or cancelled (when every job
+    ended so), or partial."""
     total = sum(states.values())
     if any(not JobState(s).terminal for s in states):
         return "running"
-    if states[JobState.SUCCEEDED] == total:
-        return JobState.SUCCEEDED
-    if states[JobState.FAILED] == total:
-        return JobState.FAILED
+    for state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
+        if states[state] == total:
+            return state
     return JobState.PARTIAL
 
 
@@ -110,15 +110,22 @@ def batch_out(batch: Batch, *, link_base: str = "") -> BatchOut:
     )
 
 
-def load_job(session: Session, job_id: str, tenant: str | None = None) -> Job | None:
+# Operator tools (the CLI, `pagemill run`) read every tenant; the API always passes its
+# caller's, so another tenant's id is answered exactly like an id that does not exist.
+ANY_TENANT = None
+
+
+def load_job(session: Session, job_id: str, tenant: str | None) -> Job | None:
+    """The job if it belongs to `tenant` (or any tenant, for ANY_TENANT), else None."""
     query = select(Job).where(Job.id == job_id).options(selectinload(Job.pages))
-    if tenant is not None:
+    if tenant is not ANY_TENANT:
         query = query.where(Job.tenant == tenant)
     return session.scalars(query).one_or_none()
 
 
-def load_batch(session: Session, batch_id: str, tenant: str | None = None) -> Batch | None:
+def load_batch(session: Session, batch_id: str, tenant: str | None) -> Batch | None:
+    """The batch if it belongs to `tenant` (or any tenant, for ANY_TENANT), else None."""
     query = select(Batch).where(Batch.id == batch_id).options(selectinload(Batch.jobs))
-    if tenant is not None:
+    if tenant is not ANY_TENANT:
         query = query.where(Batch.tenant == tenant)
     return session.scalars(query).one_or_none()

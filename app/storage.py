@@ -1,13 +1,16 @@
 """Object storage: S3-compatible (boto3) or a local folder, behind one small interface.
 
-Keys are deterministic: originals under their content hash, everything a job produces
-under its id. Writing the same key twice is harmless, which keeps tasks idempotent.
+Keys are deterministic and begin with the tenant: originals under their content hash,
+everything a job produces under its id. So a presigned URL, which reaches one key, can only
+ever reach its own tenant's objects, and identical uploads are stored once per tenant.
+Writing the same key twice is harmless, which keeps tasks idempotent.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -30,37 +33,52 @@ class ObjectStorage(Protocol):
     def download(self, key: str, path: Path) -> None: ...
     def exists(self, key: str) -> bool: ...
     def delete_prefix(self, prefix: str) -> None: ...
-    def url(self, key: str, expires_seconds: int = 3600) -> str | None: ...
+    def url(self, key: str, expires_seconds: int = 3600) -> str | None:
+        """A presigned GET URL valid for `expires_seconds`, or None where there is none."""
+        ...
 
 
 # -- keys ------------------------------------------------------------------------------
 
+# A tenant name is the first folder of every key: no slashes, dots or spaces.
+TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
-def original_key(sha256: str) -> str:
-    return f"originals/{sha256[:2]}/{sha256}"
+
+def _tenant(tenant: str) -> str:
+    if not TENANT_NAME.fullmatch(tenant):
+        raise ValueError(f"invalid tenant name for a storage key: {tenant!r}")
+    return tenant
+
+
+def original_key(tenant: str, sha256: str) -> str:
+    return f"{_tenant(tenant)}/originals/{sha256[:2]}/{sha256}"
 
 
 # Kept crops live in this folder beside document.md; the markdown links to them relatively.
 IMAGES_DIR = "images"
 
 
-def work_prefix(job_id: str) -> str:
+def work_prefix(tenant: str, job_id: str) -> str:
     """Intermediate objects of a job, deleted once it is assembled."""
-    return f"work/{job_id}/"
+    return f"{_tenant(tenant)}/work/{job_id}/"
 
 
-def crops_key(job_id: str, page_number: int) -> str:
-    return f"{work_prefix(job_id)}page-{page_number:05d}-crops.zip"
+def crops_key(tenant: str, job_id: str, page_number: int) -> str:
+    return f"{work_prefix(tenant, job_id)}page-{page_number:05d}-crops.zip"
 
 
-def result_key(job_id: str, name: str) -> str:
+def result_key(tenant: str, job_id: str, name: str) -> str:
     """A result object: `document.md`, `document.json`, or `images/<file>` as linked."""
-    return f"results/{job_id}/{name}"
+    return f"{_tenant(tenant)}/results/{job_id}/{name}"
 
 
 def image_link(page_number: int, index: int) -> str:
     """A kept crop's path relative to document.md, as the markdown and JSON name it."""
     return f"{IMAGES_DIR}/page-{page_number:05d}-region-{index:04d}.png"
+
+
+# The file names image_link makes, and the only ones the API serves from IMAGES_DIR.
+IMAGE_NAME_PATTERN = r"^page-[0-9]{5,}-region-[0-9]{4,}\.png$"
 
 
 def relink_images(markdown: str, images_dir: str) -> str:
@@ -156,7 +174,9 @@ class S3Storage:
             endpoint_url=settings.s3_endpoint,
             region_name=settings.s3_region,
             aws_access_key_id=settings.s3_access_key,
-            aws_secret_access_key=settings.s3_secret_key,
+            aws_secret_access_key=(
+                settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None
+            ),
             config=Config(
                 retries={"max_attempts": 5, "mode": "standard"},
                 connect_timeout=5,

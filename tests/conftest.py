@@ -14,6 +14,11 @@ from tests.support import services
 
 # Keep pagemill's own state of the test process out of the repository.
 os.environ.setdefault("PAGEMILL_DATA_DIR", "/tmp/pagemill-tests-unset")
+# Processes the tests start (`pagemill api`, workers, Flower) import this checkout's code,
+# also when the virtualenv's editable install points at another checkout (a git worktree).
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(services.ROOT), os.environ.get("PYTHONPATH")) if p
+)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from app import jobs
-from app.models import Job, PageState, RegionSource, RegionState
+from app.models import Job, JobState, PageState, RegionSource, RegionState
 from app.queue import ASSEMBLE, PAGE, RECOGNIZE
 from app.settings import Settings
 from app.storage import (
@@ -33,6 +33,7 @@ from workers.documents import (
     PDF,
     DocumentError,
     describe_unsupported,
+    open_pdf,
     page_sizes,
     render_page,
     sniff_media_type,
@@ -57,7 +58,7 @@ EXTRACT = "extract"  # the task of an information-extraction region (a whole pag
 # -- originals -------------------------------------------------------------------------
 
 
-def fetch_original(sha256: str, settings: Settings) -> Path:
+def fetch_original(tenant: str, sha256: str, settings: Settings) -> Path:
     """The original on local disk. Pages of one document share one download per worker,
     and the cache folder is kept under a size cap by evicting the least recently used."""
     folder = (settings.data_dir / "cache" / "originals").resolve()
@@ -69,7 +70,7 @@ def fetch_original(sha256: str, settings: Settings) -> Path:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-")
     os.close(fd)
     try:
-        get_storage(settings).download(original_key(sha256), Path(tmp))
+        get_storage(settings).download(original_key(tenant, sha256), Path(tmp))
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -112,14 +113,32 @@ def prepare_document(job_id: str, settings: Settings) -> list[Message]:
         jobs.fail_job(job_id, f"gave up after {job.attempts - 1} attempts to open the document")
         return []
     try:
-        path = fetch_original(job.content_sha256, settings)
+        path = fetch_original(job.tenant, job.content_sha256, settings)
         media_type = _media_type(path)
-        sizes = page_sizes(path, media_type, settings.max_pages_per_document)
+        sizes = page_sizes(
+            path,
+            media_type,
+            settings.max_pages_per_document,
+            password=_password(job, settings),
+            max_image_pixels=settings.max_image_pixels,
+        )
     except DocumentError as exc:
         jobs.fail_job(job_id, str(exc))
         return []
     pages = jobs.set_pages(job_id, [jobs.PageSize(size.width_pt, size.height_pt) for size in sizes])
     return [(PAGE, (job_id, number)) for number in pages]
+
+
+def _password(job: Job, settings: Settings) -> str | None:
+    """The job's document password, decrypted only in memory, for as long as it is used."""
+    if not job.password_ciphertext:
+        return None
+    from app.passwords import SecretKeyMissing, decrypt_password
+
+    try:
+        return decrypt_password(job.password_ciphertext, settings)
+    except SecretKeyMissing as exc:
+        raise DocumentError(str(exc)) from None
 
 
 # -- page ------------------------------------------------------------------------------
@@ -137,10 +156,19 @@ def _assemble_if_ready(job_id: str) -> list[Message]:
     return [(ASSEMBLE, (job_id,))] if jobs.ready_for_assembly(job_id) else []
 
 
+def _drop_if_cancelled(job_id: str, settings: Settings) -> None:
+    """Deletes a cancelled job's work objects, including any a task in flight wrote after
+    the cancel call deleted them."""
+    job = jobs.get_job(job_id)
+    if job is not None and job.state == JobState.CANCELLED:
+        get_storage(settings).delete_prefix(work_prefix(job.tenant, job_id))
+
+
 def process_page(job_id: str, number: int, settings: Settings) -> list[Message]:
     """Render → layout → order → route → text layer or crop; one region batch to the gpu."""
     page = jobs.claim_page(job_id, number)
     if page is None:
+        _drop_if_cancelled(job_id, settings)
         return _assemble_if_ready(job_id)
     if page.state == PageState.RECOGNIZING:
         # Layout was recorded by an earlier delivery; its region batch may have been lost.
@@ -156,6 +184,7 @@ def process_page(job_id: str, number: int, settings: Settings) -> list[Message]:
         pending = _layout_page(job, number, settings)
     except DocumentError as exc:
         return _finish_page(job_id, number, error=str(exc))
+    _drop_if_cancelled(job_id, settings)  # cancelled while this page was rendered
     if pending:
         return [(RECOGNIZE, (job_id, number))]
     return _finish_page(job_id, number)
@@ -181,12 +210,22 @@ def _layout_page(job: Job, number: int, settings: Settings) -> int:
     """Does a page's cpu work and records it; returns how many regions need recognition."""
     options = PageOptions.of(job, settings)
     storage = get_storage(settings)
-    path = fetch_original(job.content_sha256, settings)
+    path = fetch_original(job.tenant, job.content_sha256, settings)
     media_type = job.media_type
     assert media_type is not None, "prepare refuses documents of no known type"
 
+    password = _password(job, settings)
     started = time.perf_counter()
-    rendered = render_page(path, media_type, number, options.dpi, settings.render_max_pixels)
+    rendered = render_page(
+        path,
+        media_type,
+        number,
+        options.dpi,
+        settings.render_max_pixels,
+        password=password,
+        timeout=settings.render_timeout_seconds,
+        max_image_pixels=settings.max_image_pixels,
+    )
     render_ms = (time.perf_counter() - started) * 1000
     image = rendered.image
     height, width = image.shape[:2]
@@ -200,22 +239,30 @@ def _layout_page(job: Job, number: int, settings: Settings) -> int:
     else:
         engine = registry.layout_engine(settings)
         started = time.perf_counter()
-        regions = arrange_page(engine.detect(image), width, height, first_page=number == 1)
+        found = engine.detect(image)
+        if len(found) > settings.max_regions_per_page:
+            raise DocumentError(
+                f"too many regions: layout found {len(found)} (the limit is "
+                f"{settings.max_regions_per_page}, PAGEMILL_MAX_REGIONS_PER_PAGE)"
+            )
+        regions = arrange_page(found, width, height, first_page=number == 1)
         layout_ms = (time.perf_counter() - started) * 1000
         layout_name = f"{engine.name}/{engine.version}"
 
-    text_layer, texts = _text_layer(path, media_type, number, rendered.scale, regions, options)
+    text_layer, texts = _text_layer(
+        path, media_type, number, rendered.scale, regions, options, password
+    )
     routes = routing_table(settings.label_routes)
     rows: list[dict[str, Any]] = []
     crops = {}
     for index, region in enumerate(regions):
-        route = route_region(region, routes, width, height)
-        task = EXTRACT if options.extract else route.task.value
+        route = None if options.extract else route_region(region, routes, width, height)
+        task = route.task.value if route else EXTRACT
         row: dict[str, Any] = {
             "index": index,
             "label": region.label,
             "source_label": region.source_label,
-            "note": None if options.extract else route.note,
+            "note": route.note if route else None,
             "task": task,
             "score": region.score,
             "bbox": [float(v) for v in region.bbox],
@@ -226,7 +273,7 @@ def _layout_page(job: Job, number: int, settings: Settings) -> int:
         if task == RecognitionTask.ABANDON:
             row["source"] = RegionSource.NONE
         elif task == RecognitionTask.SKIP:
-            key = result_key(job.id, image_link(number, index))
+            key = result_key(job.tenant, job.id, image_link(number, index))
             storage.put(key, encode_png(crop_region(image, region.bbox, 0)), "image/png")
             row.update(source=RegionSource.IMAGE, image_key=key)
         elif text is not None:
@@ -236,7 +283,7 @@ def _layout_page(job: Job, number: int, settings: Settings) -> int:
             row["state"] = RegionState.PENDING
         rows.append(row)
     if crops:
-        storage.put(crops_key(job.id, number), bundle_crops(crops), "application/zip")
+        storage.put(crops_key(job.tenant, job.id, number), bundle_crops(crops), "application/zip")
     page_values = {
         "dpi": rendered.dpi,
         "width_px": width,
@@ -256,6 +303,7 @@ def _text_layer(
     scale: float,
     regions: list[LayoutRegion],
     options: PageOptions,
+    password: str | None = None,
 ) -> tuple[str | None, dict[int, str]]:
     """The page's text-layer verdict (None when not consulted) and the text of each region
     index that takes it: in `auto` mode the regions that pass the trust check (so a
@@ -264,7 +312,8 @@ def _text_layer(
         return None, {}
     from workers.textlayer import read_region_texts
 
-    layer = read_region_texts(path, number - 1, scale, [r.bbox for r in regions])
+    with open_pdf(path, password) as pdf:
+        layer = read_region_texts(pdf, number - 1, scale, [r.bbox for r in regions])
     texts = {
         index: found.text
         for index, found in enumerate(layer.regions)
@@ -281,6 +330,7 @@ def recognize_page(job_id: str, number: int, settings: Settings) -> list[Message
     has them all in flight together, and records each result by its key."""
     claim = jobs.claim_recognition(job_id, number)
     if claim is None:
+        _drop_if_cancelled(job_id, settings)
         return _assemble_if_ready(job_id)
     if claim.attempts > settings.task_max_attempts:
         return _finish_page(
@@ -291,7 +341,7 @@ def recognize_page(job_id: str, number: int, settings: Settings) -> list[Message
     job = jobs.get_job(job_id)
     assert job is not None
     template = (job.options or {}).get("extract")
-    crops = unbundle_crops(get_storage(settings).get(crops_key(job_id, number)))
+    crops = unbundle_crops(get_storage(settings).get(crops_key(job.tenant, job_id, number)))
     requests = [
         RecognitionRequest(
             key=str(region.index),
@@ -351,15 +401,19 @@ def assemble_job(job_id: str, settings: Settings) -> list[Message]:
         markdown += "\n```\n"
     else:
         markdown = assemble.document_markdown(pages)
-    md_key, json_key = result_key(job.id, "document.md"), result_key(job.id, "document.json")
+    md_key = result_key(job.tenant, job.id, "document.md")
+    json_key = result_key(job.tenant, job.id, "document.json")
     storage.put(md_key, markdown.encode(), "text/markdown; charset=utf-8")
     storage.put(
         json_key,
         json.dumps(document, ensure_ascii=False, indent=1).encode(),
         "application/json",
     )
-    jobs.finish_job(job.id, md_key, json_key)
-    storage.delete_prefix(work_prefix(job.id))
+    if jobs.finish_job(job.id, md_key, json_key) == JobState.CANCELLED:
+        # Cancelled while this assembly ran: the job has no result.
+        storage.delete_prefix(md_key)
+        storage.delete_prefix(json_key)
+    storage.delete_prefix(work_prefix(job.tenant, job.id))
     return []
 
 

@@ -240,8 +240,10 @@ def _preload(**_: Any) -> None:
             if warmup is not None:
                 warmup()
             log.info("recognizer %s/%s is warm", engine.name, engine.version)
-        elif role == "cpu":
-            registry.layout_engine(settings)
+        elif role in ("cpu", "layout"):
+            layout = registry.layout_engine(settings)
+            layout.warmup()
+            log.info("layout engine %s/%s is warm", layout.name, layout.version)
     except Exception:
         # Celery only logs errors in signal handlers; a worker without a working engine
         # must not report ready and take messages.

@@ -3,7 +3,6 @@ worker processes of the test session."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -23,42 +22,27 @@ PAGEMILL = str(Path(sys.executable).parent / "pagemill")
 KNOWN_WORDS = ("quarterly", "river", "rainfall", "spillway", "bridge")
 
 
-def _env(pagemill: dict[str, str]) -> dict[str, str]:
-    """This process's environment without its PAGEMILL_*, plus `pagemill`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAGEMILL_")}
-    return {**env, **pagemill}
+@pytest.fixture(scope="module")
+def api_key(stack_env: dict[str, str]) -> str:
+    """A key of the tenant these tests act for (tests/integration/test_tenants.py tests the
+    keys themselves)."""
+    return services.api_key(stack_env, "api-tests", "test_api")
 
 
 @pytest.fixture(scope="module")
 def api(
     stack_env: dict[str, str],
     stack_workers: dict[str, object],
+    api_key: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[httpx.Client]:
-    """A real API server process against the session's stack."""
-    port = services.free_port()
+    """A real API server process against the session's stack, called with an API key."""
     log_path = tmp_path_factory.mktemp("api") / "api.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [PAGEMILL, "api", "--port", str(port)],
-            env=_env(stack_env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        try:
-            services.wait_for_port(port, 30, process)  # type: ignore[arg-type]
-        except (RuntimeError, TimeoutError) as exc:
-            raise RuntimeError(f"{exc}\n{log_path.read_text()}") from None
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            yield client
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+    with (
+        services.api_server(stack_env, log_path) as url,
+        httpx.Client(base_url=url, timeout=30, headers=services.bearer(api_key)) as client,
+    ):
+        yield client
 
 
 @pytest.fixture(scope="module")
@@ -321,7 +305,7 @@ def _run_until_exit(argv: list[str], env: dict[str, str]) -> subprocess.Complete
 def test_api_refuses_an_unmigrated_database(
     stack_env: dict[str, str], empty_database: str, tmp_path: Path
 ) -> None:
-    env = _env({**stack_env, "PAGEMILL_DATABASE_URL": empty_database})
+    env = services.process_env({**stack_env, "PAGEMILL_DATABASE_URL": empty_database})
     port = services.free_port()
     result = _run_until_exit([PAGEMILL, "api", "--port", str(port)], env)
     output = result.stdout + result.stderr
@@ -333,7 +317,7 @@ def test_app_lifespan_refuses_an_unmigrated_database(
     stack_env: dict[str, str], empty_database: str
 ) -> None:
     """Served by any ASGI server (not only `pagemill api`), the app refuses to start."""
-    env = _env({**stack_env, "PAGEMILL_DATABASE_URL": empty_database})
+    env = services.process_env({**stack_env, "PAGEMILL_DATABASE_URL": empty_database})
     port = services.free_port()
     argv = [sys.executable, "-m", "uvicorn", "app.api.main:app", "--port", str(port)]
     result = _run_until_exit(argv, env)
@@ -346,11 +330,13 @@ def test_app_lifespan_refuses_an_unmigrated_database(
 
 
 @pytest.fixture(scope="module")
-def degraded_api(stack_env: dict[str, str], api: httpx.Client) -> Iterator[httpx.Client]:
+def degraded_api(
+    stack_env: dict[str, str], api: httpx.Client, api_key: str
+) -> Iterator[httpx.Client]:
     """A second API on the same (migrated) database, with its broker and storage pointed at
     ports where nothing listens."""
     dead_redis, dead_s3, port = services.free_port(), services.free_port(), services.free_port()
-    env = _env(
+    env = services.process_env(
         {
             **stack_env,
             "PAGEMILL_BROKER_URL": f"redis://127.0.0.1:{dead_redis}/0",
@@ -365,7 +351,11 @@ def degraded_api(stack_env: dict[str, str], api: httpx.Client) -> Iterator[httpx
     )
     try:
         services.wait_for_port(port, 30, process)  # type: ignore[arg-type]
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}",
+            timeout=120,
+            headers={"Authorization": f"Bearer {api_key}"},
+        ) as client:
             yield client
     finally:
         process.terminate()

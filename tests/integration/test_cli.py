@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import documents, services
+from tests.support.private import postgres_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -23,6 +24,8 @@ def pagemill(
     *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 240
 ) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("PAGEMILL_")}
+    # The console script imports this checkout's code, not whichever is installed editable.
+    base["PYTHONPATH"] = str(services.ROOT)
     return subprocess.run(
         [PAGEMILL, *args],
         env={**base, **env},
@@ -274,3 +277,86 @@ def test_commands_refuse_an_unmigrated_database(
     result = pagemill(*argv, env=unmigrated_env, timeout=60)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "not migrated" in result.stderr and "pagemill migrate" in result.stderr
+
+
+# -- configuration and outages: one clear line, no traceback ---------------------------
+
+
+def _one_clear_line(result: subprocess.CompletedProcess[str], code: int, *secrets: str) -> str:
+    output = result.stdout + result.stderr
+    assert result.returncode == code, output
+    assert "Traceback" not in output, output
+    for secret in secrets:
+        assert secret not in output, output
+    return result.stderr
+
+
+def test_submit_with_a_wrong_s3_secret_names_the_credentials(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    pdf = documents.make_born_digital_pdf(tmp_path / "a.pdf", [(None, ["x"])])
+    env = {**cli_env, "PAGEMILL_S3_SECRET_KEY": "not-the-secret-4711"}
+    stderr = _one_clear_line(pagemill("submit", str(pdf), env=env), 2, "not-the-secret-4711")
+    assert "storage refused the credentials (SignatureDoesNotMatch)" in stderr, stderr
+    assert "PAGEMILL_S3_SECRET_KEY" in stderr
+
+
+def _jobs_named(cli_env: dict[str, str], name: str) -> list[tuple[object, ...]]:
+    import psycopg
+
+    url = cli_env["PAGEMILL_DATABASE_URL"].replace("+psycopg", "")
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT id FROM jobs WHERE filename = %s", (name,)).fetchall()
+
+
+def test_submit_with_the_broker_down_exits_1_and_leaves_no_job(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    pdf = documents.make_born_digital_pdf(tmp_path / "broker-down.pdf", [(None, ["x"])])
+    env = {**cli_env, "PAGEMILL_BROKER_URL": f"redis://127.0.0.1:{services.free_port()}/0"}
+    stderr = _one_clear_line(pagemill("submit", str(pdf), "--batch", "down", env=env), 1)
+    assert "broker unavailable" in stderr and "PAGEMILL_BROKER_URL" in stderr, stderr
+    assert _jobs_named(cli_env, "broker-down.pdf") == []
+
+
+def test_submit_with_a_batch_name_too_long_exits_2(cli_env: dict[str, str], tmp_path: Path) -> None:
+    pdf = documents.make_born_digital_pdf(tmp_path / "long-batch.pdf", [(None, ["x"])])
+    result = pagemill("submit", str(pdf), "--batch", "b" * 300, env=cli_env)
+    assert "255" in _one_clear_line(result, 2)
+    assert _jobs_named(cli_env, "long-batch.pdf") == []
+
+
+COMMANDS = [("status", "x"), ("result", "x"), ("submit", "{pdf}"), ("worker", "cpu"), ("migrate",)]
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=[args[0] for args in COMMANDS])
+def test_an_unreachable_database_is_not_called_unmigrated(
+    cli_env: dict[str, str], tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    pdf = documents.make_born_digital_pdf(tmp_path / "a.pdf", [(None, ["x"])])
+    port = services.free_port()
+    url = f"postgresql+psycopg://postgres:pw-9931@127.0.0.1:{port}/pagemill"
+    env = {**cli_env, "PAGEMILL_DATABASE_URL": url}
+    result = pagemill(*[arg.format(pdf=pdf) for arg in args], env=env, timeout=60)
+    stderr = _one_clear_line(result, 2, "pw-9931")
+    assert f"cannot connect to the database 'pagemill' at 127.0.0.1:{port}" in stderr, stderr
+    assert "not migrated" not in stderr
+
+
+@pytest.fixture(scope="module")
+def password_database() -> Iterator[str]:
+    """A Postgres of its own that checks passwords (the shared one trusts everyone)."""
+    with postgres_cluster("right-pw-5150") as cluster:
+        yield cluster.url("wrong-pw-2718")
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=[args[0] for args in COMMANDS])
+def test_a_refused_database_password_is_named(
+    cli_env: dict[str, str], password_database: str, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    pdf = documents.make_born_digital_pdf(tmp_path / "a.pdf", [(None, ["x"])])
+    env = {**cli_env, "PAGEMILL_DATABASE_URL": password_database}
+    result = pagemill(*[arg.format(pdf=pdf) for arg in args], env=env, timeout=60)
+    stderr = _one_clear_line(result, 2, "wrong-pw-2718", "right-pw-5150")
+    assert "refused user 'postgres' (password authentication failed" in stderr, stderr
+    assert "PAGEMILL_DATABASE_URL" in stderr and "not migrated" not in stderr

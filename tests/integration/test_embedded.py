@@ -180,7 +180,7 @@ def test_born_digital_text_comes_from_the_text_layer(home: Path, mixed_run: Run)
 def test_embedded_state_stays_under_the_data_dir(home: Path, mixed_run: Run) -> None:
     state = home / "state"
     assert (state / "pagemill.db").is_file()
-    assert (state / "storage" / "originals").is_dir()
+    assert (state / "storage" / "default" / "originals").is_dir()  # the tenant "default"
     assert (state / "broker").is_dir()
     # Nothing in the working directory but what the test made and the outputs.
     assert not (home / ".pagemill").exists()

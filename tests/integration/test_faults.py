@@ -121,7 +121,7 @@ migrate()
 pdf = documents.make_scanned_pdf(Path(sys.argv[2]) / "one.pdf", [(None, ["Hello"])])
 sha = sha256_file(pdf)
 if sys.argv[1] == "send":
-    get_storage().put(original_key(sha), pdf.read_bytes())
+    get_storage().put(original_key("default", sha), pdf.read_bytes())
 job_id = jobs.create_job(filename="one.pdf", sha256=sha, size_bytes=1, media_type=None, options={})
 from workers import tasks
 tasks.prepare.push_request(

@@ -431,3 +431,49 @@ def pagemill_processes(
         yield processes
     finally:
         stop(processes, timeout=90)
+
+
+def process_env(env: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment without its PAGEMILL_*, plus `env`. PYTHONPATH makes the
+    `pagemill` script import this checkout, whatever checkout the venv was installed from."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PAGEMILL_")}
+    return {**base, **env, "PYTHONPATH": str(ROOT)}
+
+
+@contextmanager
+def api_server(env: Mapping[str, str], log_path: Path, timeout: float = 60.0) -> Iterator[str]:
+    """A real `pagemill api` process on a free loopback port; yields its base URL."""
+    port = free_port()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [str(BIN / "pagemill"), "api", "--port", str(port)],
+            env=process_env(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        try:
+            wait_for_port(port, timeout, process)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}\n{log_path.read_text()}") from None
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def api_key(env: Mapping[str, str], tenant: str = "default", name: str = "tests") -> str:
+    """A new API key of `tenant` in the database `env` points at."""
+    configure(env)
+    from app.keys import create_key
+
+    return create_key(tenant, name).key
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

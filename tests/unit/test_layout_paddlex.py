@@ -183,11 +183,11 @@ def test_engine_wires_settings_into_paddlex(tmp_path: Path) -> None:
     settings = Settings(
         layout_engine="paddlex",
         paddlex_model_dir=fake_model_dir(tmp_path),
-        paddlex_device="gpu:0",
-        paddlex_batch_size=2,
-        paddlex_threshold={"table": 0.6, "default": 0.3},
-        paddlex_layout_nms=False,
-        paddlex_merge_mode="small",
+        layout_device="cuda:0",
+        layout_batch_size=2,
+        layout_threshold={"table": 0.6, "default": 0.3},
+        layout_nms=False,
+        layout_merge_mode="small",
         paddlex_layout_shape_mode="rect",
     )
     engine = PaddleXLayoutEngine.from_settings(settings, model_factory=factory)

@@ -17,7 +17,14 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect
 from sqlalchemy.engine import make_url
 
-from app.db import SCHEMA_REVISION, DatabaseNotMigrated, current_revision, migrate, require_migrated
+from app.db import (
+    SCHEMA_REVISION,
+    DatabaseNotMigrated,
+    DatabaseUnreachable,
+    current_revision,
+    migrate,
+    require_migrated,
+)
 from app.models import Base
 from app.settings import Settings
 from tests.support import services
@@ -106,9 +113,10 @@ def test_the_message_hides_the_database_password() -> None:
     admin = make_url(services.PG_ADMIN_URL)
     url = admin.set(drivername="postgresql+psycopg", password="hunter2", database="no_such_db")
     services.configure({"PAGEMILL_DATABASE_URL": url.render_as_string(hide_password=False)})
-    with pytest.raises(DatabaseNotMigrated) as raised:
+    with pytest.raises(DatabaseUnreachable) as raised:
         require_migrated()
     assert "hunter2" not in str(raised.value)
+    assert 'database "no_such_db" does not exist' in str(raised.value)
 
 
 def test_models_match_the_migrated_schema(fresh: Settings) -> None:

@@ -85,13 +85,15 @@ def test_json_fields(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PAGEMILL_VLLM_ENGINE_ARGS", '{"enforce_eager": true, "seed": 3}')
     monkeypatch.setenv("PAGEMILL_VLLM_LIMIT_MM_PER_PROMPT", '{"image": 2}')
     monkeypatch.setenv("PAGEMILL_VLLM_SPECULATIVE_CONFIG", '{"method": "mtp", "k": 1}')
-    monkeypatch.setenv("PAGEMILL_PADDLEX_THRESHOLD", '{"text": 0.5, "table": 0.4}')
+    monkeypatch.setenv("PAGEMILL_LAYOUT_THRESHOLD", '{"text": 0.5, "table": 0.4}')
+    monkeypatch.setenv("PAGEMILL_LAYOUT_MERGE_MODE", '{"reference": "small", "text": "large"}')
     settings = Settings()
     assert settings.label_routes == {"header": "text", "chart": "skip"}
     assert settings.vllm_engine_args == {"enforce_eager": True, "seed": 3}
     assert settings.vllm_limit_mm_per_prompt == {"image": 2}
     assert settings.vllm_speculative_config == {"method": "mtp", "k": 1}
-    assert settings.paddlex_threshold == {"text": 0.5, "table": 0.4}
+    assert settings.layout_threshold == {"text": 0.5, "table": 0.4}
+    assert settings.layout_merge_mode == {"reference": "small", "text": "large"}
 
 
 def test_json_field_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,8 +101,8 @@ def test_json_field_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.label_routes == {}
     assert settings.vllm_limit_mm_per_prompt == {"image": 1}
     assert settings.vllm_speculative_config is None
-    monkeypatch.setenv("PAGEMILL_PADDLEX_THRESHOLD", "0.45")
-    assert Settings().paddlex_threshold == 0.45
+    monkeypatch.setenv("PAGEMILL_LAYOUT_THRESHOLD", "0.45")
+    assert Settings().layout_threshold == 0.45
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,23 @@ class LayoutEngine(Protocol):
     version: str
 
     def detect(self, image: np.ndarray) -> list[LayoutRegion]:
-        """Regions of one page image (BGR), labels already mapped onto the 25 labels."""
+        """Regions of one page image (BGR), labels already mapped onto the 25 labels.
+
+        Safe to call from several threads at once; engines that batch (transformers) run
+        the pages of concurrent callers in one forward pass."""
+        ...
+
+    def warmup(self) -> None:
+        """Load the model now (worker start-up) rather than on the first page; raises if the
+        engine cannot work."""
+        ...
+
+    def healthy(self) -> bool:
+        """False once the engine can no longer serve pages (its thread died)."""
+        ...
+
+    def close(self) -> None:
+        """Release the model (and stop the engine's thread, if it has one)."""
         ...
 
 

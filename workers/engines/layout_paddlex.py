@@ -9,7 +9,8 @@ first page with a network error.
 PaddleX's result for one image is a dict whose `boxes` is a list of
 `{cls_id, label, score, coordinate: [x0, y0, x1, y1], polygon_points?, order?}` in pixels of
 the input image; `order` is the predicted reading order, `None` for regions outside the text
-flow. `regions_from_paddlex` maps that onto LayoutRegion.
+flow. `detections_from_paddlex` reads that into the Detections the transformers engine
+produces too, and `layout_detections.regions_from_detections` maps both onto LayoutRegion.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from app.storage import sha256_file
+from workers.engines.layout_detections import (
+    Detection,
+    check_merge_mode,
+    class_thresholds,
+    regions_from_detections,
+)
 from workers.engines.types import LayoutRegion
 from workers.labels import LABELS
 
@@ -87,55 +94,22 @@ def _yaml_model_name(path: Path) -> str | None:
     return match.group(1) if match else None
 
 
-def class_thresholds(
-    threshold: float | Mapping[str, float],
-    label_list: Sequence[str] = LABELS,
-    default: float = 0.3,
-) -> float | dict[int, float]:
-    """Settings' threshold → what PaddleX's `predict(threshold=...)` takes.
-
-    One number passes through. A mapping is keyed by label name (plus an optional
-    "default") and becomes `{class_id: threshold}` over every class, because PaddleX falls
-    back to 0.5 for a class missing from the dict. Unknown label names are an error.
-    """
-    if not isinstance(threshold, Mapping):
-        return float(threshold)
-    fallback = float(threshold.get("default", default))
-    unknown = sorted(set(threshold) - set(label_list) - {"default"})
-    if unknown:
-        raise ValueError(f"paddlex_threshold: unknown labels {unknown}; labels are {label_list}")
-    return {i: float(threshold.get(name, fallback)) for i, name in enumerate(label_list)}
+def paddle_device(device: str) -> str:
+    """`cuda:N` (the setting's torch spelling) → Paddle's `gpu:N`; anything else as is."""
+    return "gpu" + device[4:] if device.startswith("cuda") else device
 
 
 def _to_float(value: Any) -> float:
     return float(np.asarray(value).item()) if not isinstance(value, (int, float)) else float(value)
 
 
-def _polygon(points: Any) -> list[tuple[float, float]] | None:
-    if points is None:
-        return None
-    arr = np.asarray(points, dtype=float)
-    if arr.size == 0:
-        return None
-    arr = arr.reshape(-1, 2)
-    if len(arr) < 3:
-        return None
-    return [(float(x), float(y)) for x, y in arr]
-
-
-def regions_from_paddlex(
-    result: Mapping[str, Any], label_list: Sequence[str] = LABELS
-) -> list[LayoutRegion]:
-    """PaddleX's layout result for one image → LayoutRegions, in PaddleX's order.
-
-    Accepts the result dict itself or its JSON form (`{"res": {...}}`). The label comes from
-    `label` when it is one of the 25, else from `cls_id` through `label_list`; anything else
-    becomes `text` (keeping the model's name in source_label), so an unexpected class is
-    still read rather than lost. Degenerate boxes are dropped.
-    """
+def detections_from_paddlex(result: Mapping[str, Any]) -> list[Detection]:
+    """PaddleX's layout result for one image → Detections, in PaddleX's order. Accepts the
+    result dict itself or its JSON form (`{"res": {...}}`); a rotated quad becomes its
+    bounding box."""
     if "boxes" not in result and isinstance(result.get("res"), Mapping):
         result = result["res"]
-    regions: list[LayoutRegion] = []
+    detections: list[Detection] = []
     for box in result.get("boxes") or []:
         coords = [_to_float(v) for v in np.asarray(box["coordinate"], dtype=float).reshape(-1)]
         if len(coords) == 4:
@@ -143,34 +117,27 @@ def regions_from_paddlex(
         else:  # a rotated quad: its bounding box
             xs, ys = coords[0::2], coords[1::2]
             x0, y0, x1, y1 = min(xs), min(ys), max(xs), max(ys)
-        x0, x1 = min(x0, x1), max(x0, x1)
-        y0, y1 = min(y0, y1), max(y0, y1)
-        if x1 - x0 < 1 or y1 - y0 < 1:
-            continue
-        raw_label = box.get("label")
+        label = box.get("label")
         cls_id = box.get("cls_id")
-        if raw_label in LABELS:
-            label = str(raw_label)
-        elif (
-            cls_id is not None
-            and 0 <= int(cls_id) < len(label_list)
-            and (label_list[int(cls_id)] in LABELS)
-        ):
-            label = label_list[int(cls_id)]
-        else:
-            label = "text"
         order = box.get("order")
-        regions.append(
-            LayoutRegion(
-                label=label,
-                bbox=(x0, y0, x1, y1),
+        detections.append(
+            Detection(
+                cls_id=None if cls_id is None else int(cls_id),
+                label=None if label is None else str(label),
                 score=_to_float(box.get("score", 0.0)),
+                box=(x0, y0, x1, y1),
                 order=None if order is None else int(order),
-                polygon=_polygon(box.get("polygon_points")),
-                source_label=None if raw_label is None else str(raw_label),
+                polygon=box.get("polygon_points"),
             )
         )
-    return regions
+    return detections
+
+
+def regions_from_paddlex(
+    result: Mapping[str, Any], label_list: Sequence[str] = LABELS
+) -> list[LayoutRegion]:
+    """PaddleX's layout result for one image → LayoutRegions (see regions_from_detections)."""
+    return regions_from_detections(detections_from_paddlex(result), label_list)
 
 
 class PaddleXLayoutEngine:
@@ -207,6 +174,7 @@ class PaddleXLayoutEngine:
         self._factory = model_factory
         self._label_list: Sequence[str] = LABELS
         class_thresholds(threshold, self._label_list)  # fail now on unknown labels
+        check_merge_mode(merge_mode, self._label_list)
         try:
             pkg = importlib.metadata.version("paddlex")
         except importlib.metadata.PackageNotFoundError:
@@ -223,11 +191,11 @@ class PaddleXLayoutEngine:
         return cls(
             model_dir=settings.paddlex_model_dir,
             model_name=settings.paddlex_model_name,
-            device=settings.paddlex_device,
-            batch_size=settings.paddlex_batch_size,
-            threshold=settings.paddlex_threshold,
-            layout_nms=settings.paddlex_layout_nms,
-            merge_mode=settings.paddlex_merge_mode,
+            device=paddle_device(settings.layout_device),
+            batch_size=settings.layout_batch_size,
+            threshold=settings.layout_threshold,
+            layout_nms=settings.layout_nms,
+            merge_mode=settings.layout_merge_mode,
             layout_shape_mode=settings.paddlex_layout_shape_mode,
             model_factory=model_factory,
         )
@@ -235,6 +203,16 @@ class PaddleXLayoutEngine:
     def start(self) -> None:
         """Load the model now (worker start-up) rather than on the first page."""
         self._load()
+
+    def warmup(self) -> None:
+        self._load()
+
+    def healthy(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            self._model = None
 
     def _load(self) -> Any:
         with self._lock:

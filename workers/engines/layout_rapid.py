@@ -132,6 +132,16 @@ class RapidLayoutEngine:
                 )
             return self._model
 
+    def warmup(self) -> None:
+        self._load()
+
+    def healthy(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            self._model = None
+
     def detect(self, image: np.ndarray) -> list[LayoutRegion]:
         """Regions of one BGR page image, labels mapped, duplicates suppressed, unordered."""
         if image.ndim != 3 or image.shape[2] != 3:

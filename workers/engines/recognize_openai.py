@@ -111,7 +111,7 @@ class OpenAIRecognizer:
         self._sleep = sleep
         headers = {"Content-Type": "application/json"}
         if settings.openai_api_key:
-            headers["Authorization"] = f"Bearer {settings.openai_api_key}"
+            headers["Authorization"] = f"Bearer {settings.openai_api_key.get_secret_value()}"
         timeout = settings.openai_timeout_seconds
         self._client = httpx.Client(
             base_url=self.base_url,

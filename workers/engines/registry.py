@@ -20,6 +20,10 @@ def layout_engine(settings: Settings) -> LayoutEngine:
                 from workers.engines.layout_paddlex import PaddleXLayoutEngine
 
                 engine = PaddleXLayoutEngine.from_settings(settings)
+            elif settings.layout_engine == "transformers":
+                from workers.engines.layout_transformers import TransformersLayoutEngine
+
+                engine = TransformersLayoutEngine.from_settings(settings)
             else:
                 from workers.engines.layout_rapid import RapidLayoutEngine
 

@@ -1,68 +1,160 @@
-"""/v1/jobs: submit documents, poll a job, fetch its result."""
+"""/v1/jobs: submit documents, poll a job, fetch its result and its figures."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
-from fastapi.responses import Response
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 
-from app import jobs
-from app.api.deps import LinkBaseDep, SessionDep, SettingsDep, StorageDep, TenantDep
-from app.models import Job
-from app.schemas import JobOptions, JobOut, SubmitOut
+from app import control
+from app.api.deps import (
+    LinkBaseDep,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+    TenantDep,
+    current_tenant,
+)
+from app.models import Job, JobState
+from app.schemas import (
+    ID_PATTERN,
+    MAX_BATCH_NAME,
+    MAX_FILENAME,
+    MAX_TEMPLATE_BYTES,
+    NAME_PATTERN,
+    ErrorOut,
+    JobOptions,
+    JobOut,
+    SubmitOut,
+    check_name,
+)
 from app.status import job_out, load_job
-from app.submit import submit_stream
+from app.storage import IMAGE_NAME_PATTERN, result_key
+from app.submit import submit_streams
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+# Every route here authenticates first (before storage or anything else is touched), even
+# one that forgets TenantDep; FastAPI then reuses the same tenant for the route's TenantDep.
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(current_tenant)])
+
+JobId = Annotated[str, Path(pattern=ID_PATTERN, description="32 hex characters")]
+# Every route may answer these; 422 is FastAPI's own validation shape.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "no such job"},
+    503: {"model": ErrorOut, "description": "database, broker or storage unavailable"},
+}
+NOT_YET: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorOut, "description": "the job has no result (yet)"}
+}
 
 
-@router.post("", status_code=201, response_model=SubmitOut, response_model_by_alias=True)
+def _invalid(field: str, message: str, value: object) -> RequestValidationError:
+    """A 422 in the same shape as FastAPI's own validation errors."""
+    return RequestValidationError(
+        [{"type": "value_error", "loc": ("body", field), "msg": message, "input": value}]
+    )
+
+
+def _link(operation: str, **parameters: str) -> dict[str, Any]:
+    return {"operationId": operation, "parameters": parameters}
+
+
+# What a client (or schemathesis' stateful phase) can do next with the ids it got.
+SUBMIT_LINKS = {
+    "GetJob": _link("get_job", job_id="$response.body#/jobs/0/id"),
+    "GetResult": _link("get_result", job_id="$response.body#/jobs/0/id"),
+    "GetBatch": _link("get_batch", batch_id="$response.body#/batch_id"),
+}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=SubmitOut,
+    response_model_by_alias=True,
+    responses={201: {"links": SUBMIT_LINKS}, 503: ERRORS[503]},
+)
 def create_jobs(
     files: Annotated[list[UploadFile], File(description="one or more documents")],
     settings: SettingsDep,
     tenant: TenantDep,
     link: LinkBaseDep,
     session: SessionDep,
-    batch_name: Annotated[str | None, Form(description="name of the batch")] = None,
+    batch_name: Annotated[
+        str | None,
+        Form(description="name of the batch", max_length=MAX_BATCH_NAME, pattern=NAME_PATTERN),
+    ] = None,
     mode: Annotated[Literal["auto", "ocr", "text"] | None, Form()] = None,
-    dpi: Annotated[int | None, Form()] = None,
+    dpi: Annotated[int | None, Form(ge=50, le=600, description="render resolution")] = None,
     extract: Annotated[
         str | None, Form(description="JSON template for information extraction")
     ] = None,
     extract_file: Annotated[UploadFile | None, File(description="JSON template as a file")] = None,
+    password: Annotated[
+        str | None,
+        Form(description="password of encrypted PDFs; stored encrypted, never returned"),
+    ] = None,
 ) -> SubmitOut:
     """Stores each file and enqueues it; several files (or a batch name) make one batch.
-    Each file becomes a job even if it is no document: it then fails with the reason."""
+    Each file becomes a job even if it is no document: it then fails with the reason.
+    Everything is checked before anything is created, and a request that fails half-way
+    (503) leaves no job or batch behind."""
     template = extract
     if extract_file is not None:
-        template = extract_file.file.read().decode("utf-8", errors="replace")
+        raw = extract_file.file.read(MAX_TEMPLATE_BYTES + 1)
+        if len(raw) > MAX_TEMPLATE_BYTES:
+            raise _invalid("extract_file", f"over {MAX_TEMPLATE_BYTES} bytes", None)
+        template = raw.decode("utf-8", errors="replace")
     try:
-        options = JobOptions(text_mode=mode, dpi=dpi, extract=template)
+        options = JobOptions(
+            text_mode=mode,
+            dpi=dpi,
+            extract=template,
+            password=password or None,  # type: ignore[arg-type]
+        )
     except (ValidationError, ValueError) as exc:
-        raise HTTPException(422, f"invalid options: {exc}") from None
-    batch_id = jobs.create_batch(batch_name, tenant) if len(files) > 1 or batch_name else None
-    ids = [
-        submit_stream(
-            upload.file,
-            upload.filename or "upload",
-            batch_id=batch_id,
-            options=options,
-            tenant=tenant,
-            settings=settings,
-        ).job_id
-        for upload in files
-    ]
-    rows = [load_job(session, job_id) for job_id in ids]
+        raise _invalid(
+            "extract" if template else "options", f"invalid options: {exc}", None
+        ) from None
+    if options.password is not None:
+        from app.passwords import SecretKeyMissing, require_key
+
+        try:
+            require_key(settings)
+        except SecretKeyMissing as exc:
+            raise HTTPException(503, str(exc)) from None
+    names = []
+    for upload in files:
+        name = upload.filename or "upload"
+        try:
+            names.append(check_name(name, MAX_FILENAME, "file name"))
+        except ValueError as exc:
+            raise _invalid("files", str(exc), name[:100]) from None
+    batch_id, ids = submit_streams(
+        [(upload.file, name) for upload, name in zip(files, names, strict=True)],
+        batch_name=batch_name or None,
+        options=options,
+        tenant=tenant,
+        settings=settings,
+    )
+    rows = [load_job(session, job_id, tenant) for job_id in ids]
     return SubmitOut(
         batch_id=batch_id, jobs=[job_out(row, link_base=link) for row in rows if row is not None]
     )
 
 
-@router.get("/{job_id}", response_model=JobOut, response_model_by_alias=True)
+@router.get(
+    "/{job_id}",
+    response_model=JobOut,
+    response_model_by_alias=True,
+    responses=ERRORS,
+    operation_id="get_job",
+)
 def get_job(
-    job_id: str,
+    job_id: JobId,
     session: SessionDep,
     tenant: TenantDep,
     link: LinkBaseDep,
@@ -74,23 +166,110 @@ def get_job(
     return job_out(job, with_pages=pages, link_base=link)
 
 
-@router.get(
-    "/{job_id}/result",
-    responses={200: {"content": {"text/markdown": {}, "application/json": {}}}},
-)
-def get_result(
-    job_id: str,
-    session: SessionDep,
-    storage: StorageDep,
-    tenant: TenantDep,
-    format: Annotated[Literal["md", "json"], Query()] = "md",
-) -> Response:
+def _finished_job(session: SessionDep, job_id: str, tenant: str) -> Job:
+    """The job if it has a result: 404 when there is no such job, 409 while it has none."""
     job = session.get(Job, job_id)
     if job is None or job.tenant != tenant:
         raise HTTPException(404, f"no job {job_id}")
-    key = job.result_markdown_key if format == "md" else job.result_json_key
-    if key is None:
+    if job.result_markdown_key is None:
         detail = f"job {job_id} has no result yet: it is {job.state}"
         raise HTTPException(409, detail + (f" ({job.error})" if job.error else ""))
+    return job
+
+
+@router.get(
+    "/{job_id}/result",
+    responses={
+        200: {"content": {"text/markdown": {}, "application/json": {}}},
+        **ERRORS,
+        **NOT_YET,
+    },
+    operation_id="get_result",
+)
+def get_result(
+    job_id: JobId,
+    session: SessionDep,
+    storage: StorageDep,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    format: Annotated[Literal["md", "json"], Query()] = "md",
+    redirect: Annotated[
+        bool,
+        Query(
+            description="307 to a short-lived presigned storage URL instead of the bytes "
+            "(where storage can presign; else the bytes)"
+        ),
+    ] = False,
+) -> Response:
+    job = _finished_job(session, job_id, tenant)
+    key = job.result_markdown_key if format == "md" else job.result_json_key
+    if key is None:
+        raise HTTPException(409, f"job {job_id} has no {format} result")
+    if redirect and (url := storage.url(key, settings.presign_seconds)) is not None:
+        return RedirectResponse(url, status_code=307)
     media = "text/markdown; charset=utf-8" if format == "md" else "application/json"
     return Response(storage.get(key), media_type=media)
+
+
+@router.get(
+    "/{job_id}/images/{name}",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **ERRORS, **NOT_YET},
+)
+def get_image(
+    job_id: JobId,
+    name: Annotated[str, Path(pattern=IMAGE_NAME_PATTERN, description="as the result links")],
+    session: SessionDep,
+    storage: StorageDep,
+    tenant: TenantDep,
+) -> Response:
+    """A figure the result links as `images/<name>`; the links resolve here relative to
+    the result's own URL."""
+    job = _finished_job(session, job_id, tenant)
+    return Response(
+        storage.get(result_key(job.tenant, job_id, f"images/{name}")), media_type="image/png"
+    )
+
+
+@router.delete(
+    "/{job_id}",
+    response_model=JobOut,
+    response_model_by_alias=True,
+    responses={**ERRORS, 409: {"model": ErrorOut, "description": "the job had ended"}},
+)
+def cancel_job(job_id: JobId, session: SessionDep, tenant: TenantDep, link: LinkBaseDep) -> JobOut:
+    """Cancels the job: queued pages are skipped, nothing more is recognized or assembled,
+    and it ends `cancelled`. Cancelling a cancelled job again returns it unchanged; a job
+    that ended otherwise (succeeded, partial, failed) is left as it is, with 409."""
+    outcome = control.cancel_job(job_id, tenant)
+    if outcome is None:
+        raise HTTPException(404, f"no job {job_id}")
+    if outcome.state != JobState.CANCELLED:
+        raise HTTPException(409, f"job {job_id} has already ended: it is {outcome.state}")
+    return _job_now(session, job_id, tenant, link)
+
+
+@router.post(
+    "/{job_id}/retry",
+    status_code=202,
+    response_model=JobOut,
+    response_model_by_alias=True,
+    responses={**ERRORS, 409: {"model": ErrorOut, "description": "nothing to retry"}},
+)
+def retry_job(job_id: JobId, session: SessionDep, tenant: TenantDep, link: LinkBaseDep) -> JobOut:
+    """Reprocesses an ended job's failed and cancelled pages (or the whole job, if its
+    document never opened) and assembles it again. 409 when nothing failed, or while the
+    job is still running."""
+    plan = control.retry_job(job_id, tenant)
+    if plan is None:
+        raise HTTPException(404, f"no job {job_id}")
+    if plan.empty:
+        raise HTTPException(409, f"job {job_id} has nothing to retry: it is {plan.before}")
+    return _job_now(session, job_id, tenant, link)
+
+
+def _job_now(session: Session, job_id: str, tenant: str, link: str) -> JobOut:
+    session.expire_all()  # read what the change committed, not this session's copy
+    job = load_job(session, job_id, tenant)
+    assert job is not None
+    return job_out(job, with_pages=True, link_base=link)
