@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -484,9 +482,9 @@ def worker(
         typer.Option(help="gpu and layout roles: one worker process per listed GPU, e.g. 0,1,3"),
     ] = None,
 ) -> None:
-    """Run a Celery worker for the cpu or gpu queue; `layout` serves the cpu queue with one
-    batching layout engine per process (per GPU with --gpus)."""
-    from app.processes import start, stop, worker_command
+    """Run a Celery worker for the cpu or gpu queue, restarted when it dies; `layout` serves
+    the cpu queue with one batching layout engine per process (per GPU with --gpus)."""
+    from app.processes import supervise, worker_command
 
     _ready()
     settings = get_settings()
@@ -495,28 +493,40 @@ def worker(
         raise typer.Exit(2)
     if gpus is None or role == "cpu":
         argv, env = worker_command(role, settings, concurrency=concurrency)
-        os.execve(argv[0], argv, {**os.environ, **env})
-    devices = [d.strip() for d in gpus.split(",") if d.strip()]
-    processes = []
-    for device in devices:
+        raise typer.Exit(supervise([(argv, env)]))
+    # One worker process and engine per GPU, each restarted on its own when it dies; its
+    # unacknowledged messages go back to the queue.
+    commands = []
+    for device in [d.strip() for d in gpus.split(",") if d.strip()]:
         argv, env = worker_command(
             role, settings, concurrency=concurrency, hostname=f"{role}{device}@%h"
         )
         env["CUDA_VISIBLE_DEVICES"] = device
         if role == "layout":  # the one visible GPU
             env["PAGEMILL_LAYOUT_DEVICE"] = "cuda:0"
-        processes.append(start(argv, env))
-    try:
-        # One engine per GPU: if any dies, stop all and exit non-zero so the supervisor
-        # restarts the set; their unacknowledged messages go back to the queue.
-        while all(p.poll() is None for p in processes):
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stop(processes)
-    failed = [p.returncode for p in processes if p.returncode]
-    raise typer.Exit((failed[0] if failed[0] > 0 else 1) if failed else 0)
+        commands.append((argv, env))
+    raise typer.Exit(supervise(commands))
+
+
+@cli.command()
+def sweeper(
+    once: Annotated[
+        bool, typer.Option("--once", help="one pass, print what it sent, exit")
+    ] = False,
+) -> None:
+    """Find stuck work and send it again (lost messages, dead workers, a broker that lost
+    its data). Runs Celery beat with the sweep every PAGEMILL_SWEEP_INTERVAL_SECONDS; run
+    one per deployment."""
+    from app.processes import supervise, sweeper_command
+
+    _ready()
+    settings = get_settings()
+    if once:
+        from app.sweeper import Sweeper
+
+        print(json.dumps(Sweeper(settings).sweep()))
+        return
+    raise typer.Exit(supervise([sweeper_command(settings)]))
 
 
 @cli.command()

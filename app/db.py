@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -50,6 +51,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
 @lru_cache(maxsize=8)
 def engine_for(url: str) -> Engine:
     if url.startswith("sqlite"):
@@ -58,8 +62,23 @@ def engine_for(url: str) -> Engine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    _engines.add(engine)
+    return engine
+
+
+def forget_inherited_connections() -> None:
+    """In a forked child: drop the pooled connections inherited from the parent without
+    closing them (they are the parent's sockets); the child opens its own."""
+    for engine in list(_engines):
+        engine.dispose(close=False)
+
+
+def close_connections() -> None:
+    """Closes every pooled connection of this process (e.g. before forking workers)."""
+    for engine in list(_engines):
+        engine.dispose()
 
 
 def get_engine(settings: Settings | None = None) -> Engine:

@@ -50,6 +50,11 @@ class EngineDead(PagemillError, RuntimeError):
     restarts it; the messages it held go back to the queue."""
 
 
+class WorkHeld(PagemillError):
+    """A duplicate delivery: another live worker holds this page or job. The message is
+    dropped without counting an attempt; the holder finishes the work."""
+
+
 def translate(exc: BaseException) -> BaseException:
     """The pagemill error for a library's exception (a connection-level failure becomes a
     TransientError); anything else is returned unchanged. Only connection-level failures

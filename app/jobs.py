@@ -6,14 +6,19 @@ safe to repeat, because Celery delivers a message at least once.
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, or_, select, tuple_, update
 
 from app.db import session_scope
+from app.errors import WorkHeld
 from app.models import (
     DEFAULT_TENANT,
     Batch,
@@ -25,6 +30,7 @@ from app.models import (
     RegionState,
     utcnow,
 )
+from app.settings import get_settings
 
 _TERMINAL_PAGES = tuple(state for state in PageState if state.terminal)
 _ACTIVE_JOBS = tuple(state for state in JobState if not state.terminal)
@@ -32,6 +38,93 @@ _ACTIVE_JOBS = tuple(state for state in JobState if not state.terminal)
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+# -- leases ----------------------------------------------------------------------------
+# A task that claims a page or job writes its holder and a heartbeat; a thread in the
+# worker process refreshes the heartbeat while it works. A holder whose heartbeat is older
+# than the lease is dead, and the sweeper sends its work again.
+
+
+def holder_id() -> str:
+    """The claiming thread: host, process and thread, so a duplicate delivery to another
+    thread of the same process is told apart from the one holding the work."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"[:128]
+
+
+def _lease_cutoff(now: datetime) -> datetime:
+    return now - timedelta(seconds=get_settings().lease_seconds)
+
+
+def _holder_gone(held_by: str) -> bool:
+    """True when the holder was a process on this machine that no longer runs (a killed pool
+    child, whose message Celery hands out again at once): no need to wait for its lease."""
+    host, _, rest = held_by.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _check_lease(row: Job | Page, holder: str, now: datetime, what: str) -> None:
+    """Raises WorkHeld when another live holder has the row (a duplicate delivery)."""
+    if (
+        row.held_by is not None
+        and row.held_by != holder
+        and row.heartbeat_at is not None
+        and row.heartbeat_at > _lease_cutoff(now)
+        and not _holder_gone(row.held_by)
+    ):
+        raise WorkHeld(f"{what} is held by {row.held_by}")
+
+
+def _take_lease(row: Job | Page, holder: str, now: datetime) -> None:
+    row.held_by = holder
+    row.heartbeat_at = now
+    row.updated_at = now
+
+
+def heartbeat(
+    holders: Sequence[str], job_ids: Sequence[str], pages: Sequence[tuple[str, int]]
+) -> None:
+    """Refreshes the heartbeat of what these holders (one worker process's threads) hold.
+    By primary key, so it costs the same on ten million rows."""
+    now = utcnow()
+    with session_scope() as session:
+        if job_ids:
+            session.execute(
+                update(Job)
+                .where(Job.id.in_(job_ids), Job.held_by.in_(holders))
+                .values(heartbeat_at=now)
+            )
+        if pages:
+            session.execute(
+                update(Page)
+                .where(tuple_(Page.job_id, Page.number).in_(pages), Page.held_by.in_(holders))
+                .values(heartbeat_at=now)
+            )
+
+
+def release(job_id: str, number: int | None = None, holder: str | None = None) -> None:
+    """Gives up the lease on a job (prepare, assemble) or a page when its stage ends."""
+    holder = holder or holder_id()
+    with session_scope() as session:
+        if number is None:
+            session.execute(
+                update(Job).where(Job.id == job_id, Job.held_by == holder).values(held_by=None)
+            )
+        else:
+            session.execute(
+                update(Page)
+                .where(Page.job_id == job_id, Page.number == number, Page.held_by == holder)
+                .values(held_by=None)
+            )
 
 
 # -- submit ----------------------------------------------------------------------------
@@ -93,10 +186,13 @@ def discard_submission(job_ids: Sequence[str], batch_id: str | None = None) -> N
 def fail_job(job_id: str, error: str) -> None:
     """Marks a job failed as a whole (the document could not be opened, or was refused)."""
     with session_scope() as session:
+        now = utcnow()
         session.execute(
             update(Job)
             .where(Job.id == job_id, Job.state.in_(_ACTIVE_JOBS))
-            .values(state=JobState.FAILED, error=error, finished_at=utcnow())
+            .values(
+                state=JobState.FAILED, error=error, finished_at=now, updated_at=now, held_by=None
+            )
         )
 
 
@@ -104,13 +200,17 @@ def fail_job(job_id: str, error: str) -> None:
 
 
 def begin_prepare(job_id: str) -> Job | None:
-    """Counts a delivery of the job's prepare message; None when there is nothing to do."""
+    """Counts a delivery of the job's prepare message and takes its lease; None when there
+    is nothing to do; WorkHeld (not counted) when a live holder is preparing it."""
+    holder, now = holder_id(), utcnow()
     with session_scope() as session:
         job = session.get(Job, job_id, with_for_update=True)
         if job is None or JobState(job.state).terminal:
             return None
+        _check_lease(job, holder, now, f"job {job_id}")
         job.attempts += 1
-        job.started_at = job.started_at or utcnow()
+        job.started_at = job.started_at or now
+        _take_lease(job, holder, now)
         return job
 
 
@@ -147,6 +247,10 @@ def set_pages(job_id: str, sizes: Sequence[PageSize]) -> list[int]:
             session.execute(insert(Page), new_rows)
         job.pages_total = len(sizes)
         job.state = JobState.RUNNING
+        job.updated_at = utcnow()
+        # The stage's work is recorded: a page may finish (and send `assemble`) before the
+        # page messages are all sent, so the job must not look held by this prepare.
+        job.held_by = None
         return [
             n
             for n in range(1, len(sizes) + 1)
@@ -158,27 +262,34 @@ def set_pages(job_id: str, sizes: Sequence[PageSize]) -> list[int]:
 
 
 def claim_page(job_id: str, number: int) -> Page | None:
-    """Counts a delivery of a page message. None when the page is already finished."""
+    """Counts a delivery of a page message and takes the page's lease. None when the page
+    is already finished; WorkHeld (not counted) when a live holder has it."""
+    holder, now = holder_id(), utcnow()
     with session_scope() as session:
         page = session.get(Page, (job_id, number), with_for_update=True)
         if page is None or PageState(page.state).terminal:
             return None
+        _check_lease(page, holder, now, f"page {job_id}/{number}")
         page.attempts += 1
-        page.started_at = page.started_at or utcnow()
+        page.started_at = page.started_at or now
         if page.state == PageState.QUEUED:
             page.state = PageState.RUNNING
+        _take_lease(page, holder, now)
         return page
 
 
-def uncount_attempt(job_id: str, number: int | None = None, *, recognize: bool = False) -> None:
+def uncount_attempt(
+    job_id: str, number: int | None = None, *, recognize: bool = False, assemble: bool = False
+) -> None:
     """Gives back a delivery that ended in a transient error (a service was down), so an
     outage does not use up the attempts meant for documents that crash workers."""
     with session_scope() as session:
         if number is None:
+            counter = Job.assemble_attempts if assemble else Job.attempts
             session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.state.in_(_ACTIVE_JOBS), Job.attempts > 0)
-                .values(attempts=Job.attempts - 1)
+                .where(Job.id == job_id, Job.state.in_(_ACTIVE_JOBS), counter > 0)
+                .values({counter: counter - 1})
             )
             return
         column = Page.recognize_attempts if recognize else Page.attempts
@@ -204,6 +315,16 @@ def note_page_error(job_id: str, number: int, error: str) -> None:
         )
 
 
+def note_job_error(job_id: str, error: str) -> None:
+    """Keeps the last error of a job's prepare or assembly that will be retried."""
+    with session_scope() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state.in_(_ACTIVE_JOBS))
+            .values(error=error[:4000])
+        )
+
+
 def record_layout(
     job_id: str, number: int, page_values: dict[str, Any], regions: Iterable[dict[str, Any]]
 ) -> int:
@@ -225,6 +346,9 @@ def record_layout(
             setattr(page, key, value)
         page.regions_total = len(rows)
         page.state = PageState.RECOGNIZING if pending else PageState.RUNNING
+        page.updated_at = now
+        if pending:
+            page.held_by = None  # the recognizer may claim it before this task ends
         return pending
 
 
@@ -235,12 +359,16 @@ class RecognitionClaim:
 
 
 def claim_recognition(job_id: str, number: int) -> RecognitionClaim | None:
-    """Counts a delivery of a page's region batch; None when the page is already finished."""
+    """Counts a delivery of a page's region batch and takes the page's lease; None when
+    the page is already finished; WorkHeld (not counted) when a live holder has it."""
+    holder, now = holder_id(), utcnow()
     with session_scope() as session:
         page = session.get(Page, (job_id, number), with_for_update=True)
         if page is None or PageState(page.state).terminal:
             return None
+        _check_lease(page, holder, now, f"page {job_id}/{number}")
         page.recognize_attempts += 1
+        _take_lease(page, holder, now)
         regions = list(
             session.scalars(
                 select(Region)
@@ -290,8 +418,15 @@ def complete_page(
     count a page twice; it still returns True, so an `assemble` lost in a crash is re-sent.
     """
     state = PageState.FAILED if error else PageState.SUCCEEDED
+    now = utcnow()
     with session_scope() as session:
-        values: dict[str, Any] = {"state": state, "error": error, "finished_at": utcnow()}
+        values: dict[str, Any] = {
+            "state": state,
+            "error": error,
+            "finished_at": now,
+            "updated_at": now,
+            "held_by": None,
+        }
         if recognize_ms is not None:
             values["recognize_ms"] = recognize_ms
         changed = session.execute(  # type: ignore[attr-defined]
@@ -308,10 +443,59 @@ def complete_page(
                 .values(
                     pages_done=Job.pages_done + 1,
                     pages_failed=Job.pages_failed + (1 if error else 0),
+                    updated_at=now,
                 )
             )
         job = session.get(Job, job_id, populate_existing=True)
         return job is not None and job.awaiting_assembly
+
+
+# -- the sweeper (app.sweeper) ----------------------------------------------------------
+
+
+def mark_resent(job_ids: Sequence[str] = (), pages: Sequence[tuple[str, int]] = ()) -> list[Any]:
+    """Work the sweeper sends again: its dead holder is cleared and its clock restarts, so
+    the next sweep waits before sending it again. Only rows still unheld, or held by a dead
+    holder, are touched (a claim in between wins); returns the job ids or page keys that
+    were, which the caller then sends."""
+    now = utcnow()
+    cutoff = _lease_cutoff(now)
+    changed: list[Any] = []
+    with session_scope() as session:
+        if job_ids:
+            changed += session.scalars(
+                update(Job)
+                .where(
+                    Job.id.in_(job_ids),
+                    Job.state.in_(_ACTIVE_JOBS),
+                    or_(
+                        Job.held_by.is_(None), Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff
+                    ),
+                )
+                .values(held_by=None, updated_at=now)
+                .returning(Job.id)
+                .execution_options(synchronize_session=False)
+            ).all()
+        if pages:
+            changed += [
+                (job_id, number)
+                for job_id, number in session.execute(
+                    update(Page)
+                    .where(
+                        tuple_(Page.job_id, Page.number).in_(pages),
+                        Page.state.notin_(_TERMINAL_PAGES),
+                        or_(
+                            Page.held_by.is_(None),
+                            Page.heartbeat_at.is_(None),
+                            Page.heartbeat_at < cutoff,
+                        ),
+                    )
+                    .values(held_by=None, updated_at=now)
+                    .returning(Page.job_id, Page.number)
+                    .execution_options(synchronize_session=False)
+                )
+            ]
+    return changed
 
 
 def get_job(job_id: str) -> Job | None:
@@ -330,12 +514,27 @@ def ready_for_assembly(job_id: str) -> bool:
 
 
 def begin_assemble(job_id: str) -> Job | None:
-    """Loads the job with its pages and regions for assembly; None if already finished."""
+    """Counts a delivery of `assemble`, takes the job's lease and loads the job with its
+    pages and regions; None if already finished, or failed now because its deliveries ran
+    out; WorkHeld (not counted) when a live holder is assembling it."""
+    holder, now = holder_id(), utcnow()
+    max_attempts = get_settings().task_max_attempts
     with session_scope() as session:
         job = session.get(Job, job_id, with_for_update=True)
         if job is None or not job.awaiting_assembly:
             return None
-        job.state = JobState.ASSEMBLING
+        _check_lease(job, holder, now, f"job {job_id}")
+        job.assemble_attempts += 1
+        if job.assemble_attempts > max_attempts:
+            reason = job.error or "the worker was lost each time"
+            job.error = f"assembly gave up after {job.assemble_attempts - 1} deliveries: {reason}"
+            job.state = JobState.FAILED
+            job.finished_at = job.updated_at = now
+            job.held_by = None
+            return None
+        if job.state != JobState.ASSEMBLING:
+            job.state = JobState.ASSEMBLING
+        _take_lease(job, holder, now)
         for page in job.pages:
             _ = page.regions  # loaded inside the session, read after it
         return job
@@ -359,7 +558,8 @@ def finish_job(job_id: str, markdown_key: str | None, json_key: str | None) -> J
             job.state = JobState.SUCCEEDED
         job.result_markdown_key = markdown_key
         job.result_json_key = json_key
-        job.finished_at = utcnow()
+        job.finished_at = job.updated_at = utcnow()
+        job.held_by = None
         return JobState(job.state)
 
 

@@ -67,6 +67,35 @@ def worker_command(
     return argv, env
 
 
+def sweeper_command(settings: Settings) -> tuple[list[str], dict[str, str]]:
+    """`pagemill sweeper`: a one-process worker on the sweeper's own queue with Celery beat
+    embedded, which sends it a sweep every PAGEMILL_SWEEP_INTERVAL_SECONDS."""
+    schedule = (settings.data_dir / "sweeper-beat").resolve()
+    schedule.parent.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "app.sweeper:celery_app",
+        "worker",
+        "--beat",
+        "--schedule",
+        str(schedule),
+        "-Q",
+        "sweeper",
+        "--pool",
+        "solo",
+        "--hostname",
+        "sweeper@%h",
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    return argv, {}
+
+
 def child_pids(pid: int) -> list[int]:
     """The direct children of a process (Linux /proc), e.g. a Celery worker's pool."""
     found = []
@@ -116,3 +145,63 @@ def stop(
 def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
     with suppress(ProcessLookupError):
         os.killpg(process.pid, sig)
+
+
+def supervise(
+    commands: Sequence[tuple[Sequence[str], Mapping[str, str]]],
+    *,
+    max_delay: float = 60.0,
+    stop_timeout: float = 60.0,
+) -> int:
+    """Runs each command and starts it again when it ends with a failure: a worker whose
+    engine died (exit 3), or that a library error ended (Celery's "Unrecoverable error"
+    during a broker restart), comes back by itself. The delay doubles from one second up to
+    `max_delay` and starts over after a run of five minutes. Exit code 2 (the database is
+    not migrated) is not retried. SIGTERM or SIGINT stop every command (Celery's warm
+    shutdown) and return 0; when every command ended by itself with 0, that is returned."""
+    stopping: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    running: list[subprocess.Popen[bytes] | None] = [start(argv, env) for argv, env in commands]
+    started = [time.monotonic()] * len(commands)
+    delays = [1.0] * len(commands)
+    due: list[float | None] = [None] * len(commands)
+    code = 0
+    try:
+        while not stopping:
+            now = time.monotonic()
+            for i, (argv, env) in enumerate(commands):
+                process = running[i]
+                if process is None:
+                    if due[i] is not None and now >= due[i]:  # type: ignore[operator]
+                        running[i], started[i], due[i] = start(argv, env), now, None
+                    continue
+                returncode = process.poll()
+                if returncode is None:
+                    continue
+                running[i] = None
+                if returncode == 0:
+                    continue
+                if returncode == 2:
+                    print(f"pagemill: {argv[-1]!r} refused to start (exit 2)", file=sys.stderr)
+                    return 2
+                if now - started[i] > 300:
+                    delays[i] = 1.0
+                print(
+                    f"pagemill: worker exited with {returncode}; restarting in {delays[i]:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                due[i] = now + delays[i]
+                delays[i] = min(max_delay, delays[i] * 2)
+            if all(p is None for p in running) and all(d is None for d in due):
+                return code
+            time.sleep(0.5)
+        return 0
+    finally:
+        stop([p for p in running if p is not None], timeout=stop_timeout)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

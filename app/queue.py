@@ -11,15 +11,18 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
+from app.errors import translate
 from app.settings import Settings, get_settings
 
 PREPARE = "pagemill.prepare"
 PAGE = "pagemill.page"
 RECOGNIZE = "pagemill.recognize"
 ASSEMBLE = "pagemill.assemble"
+SWEEP = "pagemill.sweep"  # app.sweeper, on its own queue: never behind a deep cpu queue
 
 CPU_QUEUE = "cpu"
 GPU_QUEUE = "gpu"
+SWEEPER_QUEUE = "sweeper"
 
 ROUTES: dict[str, str] = {
     PREPARE: CPU_QUEUE,
@@ -37,11 +40,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_queues": [
             Queue(CPU_QUEUE, exchange, routing_key=CPU_QUEUE),
             Queue(GPU_QUEUE, exchange, routing_key=GPU_QUEUE),
+            Queue(SWEEPER_QUEUE, exchange, routing_key=SWEEPER_QUEUE),
         ],
         "task_default_queue": CPU_QUEUE,
         "task_default_exchange": "pagemill",
         "task_routes": {
-            name: {"queue": queue, "routing_key": queue} for name, queue in ROUTES.items()
+            name: {"queue": queue, "routing_key": queue}
+            for name, queue in {**ROUTES, SWEEP: SWEEPER_QUEUE}.items()
         },
         "task_serializer": "json",
         "accept_content": ["json"],
@@ -51,6 +56,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # leaves it on the broker for another worker.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # A task killed by its hard time limit goes back to the queue (its deliveries are
+        # counted in the database) instead of being acknowledged with its work undone.
+        "task_acks_on_failure_or_timeout": False,
         "worker_prefetch_multiplier": 1,
         "worker_send_task_events": True,  # for Flower
         "task_send_sent_event": True,
@@ -95,10 +103,28 @@ def get_celery() -> Celery:
     return make_celery()
 
 
-def send(name: str, *args: Any) -> None:
-    """Enqueue a task by name on its queue."""
+def send(name: str, *args: Any, retry_seconds: float = 0.0) -> None:
+    """Enqueue a task by name on its queue. With retry_seconds, keeps trying about once a
+    second for that long while the broker is unreachable (workers ride through a broker
+    restart; the API answers at once). BrokerUnavailable when it could not be sent."""
     queue = ROUTES[name]
-    get_celery().send_task(name, args=list(args), queue=queue, routing_key=queue)
+    options: dict[str, Any] = {}
+    if retry_seconds > 0:
+        options["retry_policy"] = {
+            "max_retries": max(1, round(retry_seconds)),
+            "interval_start": 0.5,
+            "interval_step": 0.5,
+            "interval_max": 1.0,
+        }
+    try:
+        get_celery().send_task(
+            name, args=list(args), queue=queue, routing_key=queue, retry=True, **options
+        )
+    except Exception as exc:
+        found = translate(exc)
+        if found is exc:
+            raise
+        raise found from exc
 
 
 def __getattr__(name: str) -> Celery:

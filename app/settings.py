@@ -58,6 +58,23 @@ class Settings(BaseSettings):
     max_regions_per_page: int = 1_000
     task_max_attempts: int = 3  # a poison message ends after this many deliveries
     retry_backoff_seconds: float = 2.0
+
+    # -- leases and the sweeper (`pagemill sweeper`) --------------------------------------
+    # A worker process refreshes the heartbeat of the work it holds this often.
+    heartbeat_seconds: float = 10.0
+    # Work whose heartbeat is older than this has lost its holder (a killed worker): the
+    # sweeper sends it again, so it waits about this long instead of the visibility timeout.
+    lease_seconds: float = 60.0
+    # Waiting work (queued, or between stages) this old while its queue is empty cannot have
+    # a message in the broker: the sweeper sends it again.
+    stuck_after_seconds: float = 300.0
+    # A job whose last page finished this long ago and is still not assembled gets its
+    # `assemble` sent again.
+    assembly_grace_seconds: float = 60.0
+    sweep_interval_seconds: float = 30.0
+    # How long a task keeps trying to send its next message while the broker is unreachable
+    # before it gives up its delivery (the message goes back; the sweeper is the net).
+    send_retry_seconds: float = 30.0
     inline_image_max_bytes: int = 256 * 1024  # crops larger than this go through storage
 
     # -- render and layout -------------------------------------------------------------

@@ -1,9 +1,13 @@
 """The Celery tasks: thin shells that call workers.pipeline and send what it returns.
 
-Errors fall in two kinds. Transient ones (database, broker, storage or recognition server
-unreachable) are retried with backoff for as long as the outage lasts: the work waits, it is
-never dropped. Anything else is retried a bounded number of times, counted in the database,
-and then ends as an error on that page or job.
+Errors fall in two kinds (app.errors). A TransientError (database, broker, storage or
+recognition server unreachable) is retried with backoff for as long as the outage lasts:
+the work waits, it is never dropped. Anything else is retried a bounded number of times,
+counted in the database, and then ends as an error on that page or job.
+
+A task holds a lease on its page or job while it works (held_by, heartbeat_at, refreshed by
+a thread in each worker process), so `pagemill sweeper` can tell a dead holder's work from
+work in progress, and a duplicate delivery of held work is dropped.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +27,7 @@ from celery.exceptions import Reject
 from celery.signals import worker_init, worker_process_init
 
 from app import jobs
-from app.errors import EngineDead, TransientError, translate
+from app.errors import EngineDead, TransientError, WorkHeld, translate
 from app.queue import ASSEMBLE, PAGE, PREPARE, RECOGNIZE, get_celery, send
 from app.settings import get_settings
 from workers import pipeline
@@ -31,21 +37,107 @@ celery_app = get_celery()
 
 
 def _backoff(retries: int) -> float:
+    """Exponential, at most a minute, with jitter: the tasks an outage stopped together do
+    not all come back in the same second."""
     base = get_settings().retry_backoff_seconds
-    return float(min(60.0, base * (2 ** min(retries, 6))))
+    ceiling = float(min(60.0, base * (2 ** min(retries, 6))))
+    return ceiling * random.uniform(0.5, 1.0)
+
+
+# -- leases: what this process holds, and the heartbeat that keeps them alive ---------------
+
+_held_lock = threading.Lock()
+_held_jobs: dict[str, str] = {}  # job id -> holder (the thread)
+_held_pages: dict[tuple[str, int], str] = {}
+_heartbeat_pid: int | None = None
+
+
+def _hold(job_id: str, number: int | None, holder: str) -> None:
+    with _held_lock:
+        if number is None:
+            _held_jobs[job_id] = holder
+        else:
+            _held_pages[(job_id, number)] = holder
+    _ensure_heartbeat()
+
+
+def _unhold(job_id: str, number: int | None) -> None:
+    with _held_lock:
+        if number is None:
+            _held_jobs.pop(job_id, None)
+        else:
+            _held_pages.pop((job_id, number), None)
+
+
+def _beat_once() -> None:
+    with _held_lock:
+        holders = sorted({*_held_jobs.values(), *_held_pages.values()})
+        job_ids, pages = list(_held_jobs), list(_held_pages)
+    if holders:
+        jobs.heartbeat(holders, job_ids, pages)
+
+
+def _heartbeat_loop() -> None:
+    while True:
+        time.sleep(get_settings().heartbeat_seconds)
+        try:
+            _beat_once()
+        except Exception as exc:  # the database may be down; the next beat tries again
+            log.warning("heartbeat not written: %s", exc)
+
+
+def _ensure_heartbeat() -> None:
+    """One heartbeat thread per process, started on its first claim (a forked pool child
+    does not inherit its parent's thread)."""
+    global _heartbeat_pid
+    with _held_lock:
+        if _heartbeat_pid == os.getpid():
+            return
+        _heartbeat_pid = os.getpid()
+    threading.Thread(target=_heartbeat_loop, name="pagemill-heartbeat", daemon=True).start()
+
+
+# -- the task wrapper -------------------------------------------------------------------
+
+
+def _send_all(messages: list[pipeline.Message]) -> None:
+    # Inside the task's error handling: a broker that refuses the next message makes the
+    # delivery transient (retried), never a task that ends with its successor unsent.
+    wait = get_settings().send_retry_seconds
+    for name, args in messages:
+        send(name, *args, retry_seconds=wait)
+
+
+def _retry(task: Task, exc: BaseException) -> None:
+    try:
+        retry = task.retry(exc=exc, countdown=_backoff(task.request.retries), throw=False)
+    except Reject as refused:
+        # Celery could not publish the retry (the broker is down) and would drop this
+        # message. Hand it back instead: requeued when the broker takes it, else it stays
+        # unacknowledged until the broker restores it, and the sweeper is the last net.
+        log.warning("%s: retry not sent (%s); the message goes back", task.name, refused)
+        raise Reject(str(exc), requeue=True) from exc
+    raise retry
 
 
 def _run(
     task: Task,
     work: Callable[[], list[pipeline.Message]],
+    lease: tuple[str, int | None],
     on_error: Callable[[str], None] | None = None,
     on_transient: Callable[[], None] | None = None,
 ) -> None:
+    job_id, number = lease
+    holder = jobs.holder_id()
+    _hold(job_id, number, holder)
     try:
         try:
-            messages = work()
+            _send_all(work())
         except Exception as raw:
             raise translate(raw) from raw
+    except WorkHeld as exc:
+        log.info("%s: duplicate delivery dropped: %s", task.name, exc)
+        return
     except EngineDead as exc:
         _engine_died(exc)
     except TransientError as exc:
@@ -53,15 +145,18 @@ def _run(
         if on_transient is not None:
             with contextlib.suppress(Exception):  # the database may be what is down
                 on_transient()
-        raise task.retry(exc=exc, countdown=_backoff(task.request.retries)) from exc
+        _retry(task, exc)
     except Exception as exc:  # SoftTimeLimitExceeded included
         log.exception("%s failed", task.name)
         if on_error is not None:
-            on_error(f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(Exception):
+                on_error(f"{type(exc).__name__}: {exc}")
         # Bounded by the attempts counted in the database, not by Celery's counter.
-        raise task.retry(exc=exc, countdown=_backoff(task.request.retries)) from exc
-    for name, args in messages:
-        send(name, *args)
+        _retry(task, exc)
+    finally:
+        _unhold(job_id, number)
+        with contextlib.suppress(Exception):  # a lease left behind expires on its own
+            jobs.release(job_id, number, holder)
 
 
 # max_retries=None: Celery never gives up on a message (it would drop it with its page
@@ -74,6 +169,7 @@ def prepare(self: Task, job_id: str) -> None:
     _run(
         self,
         lambda: pipeline.prepare_document(job_id, get_settings()),
+        (job_id, None),
         on_transient=lambda: jobs.uncount_attempt(job_id),
     )
 
@@ -83,6 +179,7 @@ def page(self: Task, job_id: str, number: int) -> None:
     _run(
         self,
         lambda: pipeline.process_page(job_id, number, get_settings()),
+        (job_id, number),
         lambda error: jobs.note_page_error(job_id, number, error),
         lambda: jobs.uncount_attempt(job_id, number),
     )
@@ -93,6 +190,7 @@ def recognize(self: Task, job_id: str, number: int) -> None:
     _run(
         self,
         lambda: pipeline.recognize_page(job_id, number, get_settings()),
+        (job_id, number),
         lambda error: jobs.note_page_error(job_id, number, error),
         lambda: jobs.uncount_attempt(job_id, number, recognize=True),
     )
@@ -100,13 +198,14 @@ def recognize(self: Task, job_id: str, number: int) -> None:
 
 @celery_app.task(name=ASSEMBLE, soft_time_limit=1800, time_limit=1900, **TASK_OPTIONS)
 def assemble(self: Task, job_id: str) -> None:
-    settings = get_settings()
-
-    def give_up(error: str) -> None:
-        if self.request.retries + 1 >= settings.task_max_attempts:
-            jobs.fail_job(job_id, f"assembly failed: {error}")
-
-    _run(self, lambda: pipeline.assemble_job(job_id, settings), give_up)
+    # Deliveries are counted in the database (jobs.begin_assemble), like the other stages.
+    _run(
+        self,
+        lambda: pipeline.assemble_job(job_id, get_settings()),
+        (job_id, None),
+        lambda error: jobs.note_job_error(job_id, error),
+        lambda: jobs.uncount_attempt(job_id, assemble=True),
+    )
 
 
 EXIT_ENGINE_DEAD = 3
@@ -156,16 +255,27 @@ def _preload(**_: Any) -> None:
 def _require_schema(**_: Any) -> None:
     """A worker started any way (`pagemill worker` or plain `celery worker`) refuses an
     un-migrated database before it takes a message."""
-    from app.db import DatabaseNotMigrated, require_migrated
+    from app.db import DatabaseNotMigrated, close_connections, require_migrated
 
     try:
         require_migrated(get_settings())
     except DatabaseNotMigrated as exc:
         print(f"pagemill worker: {exc}", file=sys.stderr, flush=True)
         os._exit(2)
+    # The prefork pool forks after this: the main process keeps no connection to hand down.
+    close_connections()
+
+
+def _fresh_pool(**_: Any) -> None:
+    """A forked pool child starts with a connection pool of its own: sharing a socket with
+    its parent or a sibling corrupts both ("server closed the connection unexpectedly")."""
+    from app.db import forget_inherited_connections
+
+    forget_inherited_connections()
 
 
 worker_init.connect(_require_schema, weak=False)
+worker_process_init.connect(_fresh_pool, weak=False)
 # Prefork children build their own engines; threads and solo pools build them once.
 worker_process_init.connect(_preload, weak=False)
 
