@@ -22,6 +22,7 @@ run: install
 
 test: install-vllm
 	bash scripts/install-tesseract.sh
+	bash scripts/install-deploy-tools.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -160,7 +160,8 @@ def test_workers_check_themselves() -> None:
     for name, service in _pagemill_services().items():
         argv = as_argv(service["command"])
         if argv[1] == "worker":
-            assert as_argv(service["healthcheck"]["test"]) == ["pagemill", "worker", argv[2], "--check"]
+            check = ["pagemill", "worker", argv[2], "--check"]
+            assert as_argv(service["healthcheck"]["test"]) == check, name
             assert service.get("stop_grace_period"), f"{name}: no time for a warm shutdown"
 
 
