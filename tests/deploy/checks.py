@@ -3,6 +3,7 @@ real setting. Both read the code at test time, so a renamed option or setting fa
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -63,3 +64,12 @@ def as_argv(command: Any) -> list[str] | None:
     if argv and argv[0] in ("CMD", "CMD-SHELL"):
         return argv[1:] if argv[0] == "CMD" else argv[1].split()
     return argv
+
+
+def check_celery_apps(command: str, where: str) -> None:
+    """`celery -A module:attribute` in a health check names a real Celery app."""
+    import importlib
+
+    for module, attribute in re.findall(r"-A\s+([\w.]+):(\w+)", command):
+        app = getattr(importlib.import_module(module), attribute)
+        assert hasattr(app, "control"), f"{where}: {module}:{attribute} is no Celery app"

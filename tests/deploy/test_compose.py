@@ -16,6 +16,7 @@ import yaml
 from tests.deploy.checks import (
     ROOT,
     as_argv,
+    check_celery_apps,
     check_pagemill_argv,
     check_settings,
     is_pagemill,
@@ -126,6 +127,7 @@ def test_every_command_is_a_pagemill_command() -> None:
         test = as_argv(service.get("healthcheck", {}).get("test"))
         if is_pagemill(test):
             check_pagemill_argv(test, f"compose service {name} healthcheck")
+        check_celery_apps(" ".join(test or []), f"compose service {name} healthcheck")
 
 
 def test_every_environment_variable_is_a_setting() -> None:

@@ -15,9 +15,17 @@ import pytest
 import yaml
 from cloudcoil.models.keda import v1alpha1 as keda
 
+from app.processes import worker_command
 from app.queue import ROUTES, celery_config
 from app.settings import Settings
-from tests.deploy.checks import ROOT, as_argv, check_pagemill_argv, check_settings, is_pagemill
+from tests.deploy.checks import (
+    ROOT,
+    as_argv,
+    check_celery_apps,
+    check_pagemill_argv,
+    check_settings,
+    is_pagemill,
+)
 
 BASE = ROOT / "deploy" / "k8s" / "base"
 OVERLAY = ROOT / "deploy" / "k8s" / "overlays" / "example"
@@ -30,7 +38,6 @@ REDIS_SCALER_KEYS = {
     "portFromEnv", "usernameFromEnv", "listName", "listLength", "activationListLength",
     "databaseIndex", "enableTLS", "unsafeSsl",
 }  # fmt: skip
-WORKER_ROLES = {"cpu", "gpu", "layout"}
 
 
 def render(folder: Path) -> list[dict[str, Any]]:
@@ -125,16 +132,23 @@ def _secret_data(docs: list[dict[str, Any]], name: str) -> dict[str, str]:
     return _by_kind(docs, "Secret")[name]["stringData"]
 
 
+def _queue_of(role: str) -> str:
+    """The queue a `pagemill worker ROLE` consumes, as app.processes builds its argv."""
+    argv, _ = worker_command(role, Settings())
+    return argv[argv.index("-Q") + 1]
+
+
 def test_scaled_objects_watch_the_real_queues(docs: list[dict[str, Any]]) -> None:
     config = _by_kind(docs, "ConfigMap")["pagemill-config"]["data"]
     prefix = config.get("PAGEMILL_BROKER_KEY_PREFIX", "")
     broker = urlparse(_secret_data(docs, "pagemill-secrets")["PAGEMILL_BROKER_URL"])
-    database = (broker.path.strip("/") or "0") if broker.scheme.startswith("redis") else None
+    assert broker.scheme == "redis"
+    database = broker.path.strip("/") or "0"
     settings = Settings(broker_url=broker.geturl(), broker_key_prefix=prefix)
     options = celery_config(settings)["broker_transport_options"]
     assert options.get("global_keyprefix", "") == prefix
-    queues = {q.name for q in celery_config(settings)["task_queues"]}
-    assert queues == set(ROUTES.values())
+    # Every queue a task is routed to has workers, and KEDA watches it.
+    worker_queues = set(ROUTES.values())
 
     deployments = _by_kind(docs, "Deployment")
     auths = _by_kind(docs, "TriggerAuthentication")
@@ -142,9 +156,8 @@ def test_scaled_objects_watch_the_real_queues(docs: list[dict[str, Any]]) -> Non
     for name, scaled in _by_kind(docs, "ScaledObject").items():
         target = deployments[scaled["spec"]["scaleTargetRef"]["name"]]
         role = _worker_role(target)
-        assert role in WORKER_ROLES, f"{name} scales {target['metadata']['name']}"
-        # A layout worker serves the cpu queue (app.processes.worker_command).
-        queue = "cpu" if role == "layout" else role
+        assert role is not None, f"{name} scales {target['metadata']['name']}, no worker"
+        queue = _queue_of(role)
         assert "replicas" not in target["spec"], "KEDA's HPA owns the replica count"
         spec = scaled["spec"]
         assert 1 <= spec["minReplicaCount"] < spec["maxReplicaCount"]
@@ -160,7 +173,7 @@ def test_scaled_objects_watch_the_real_queues(docs: list[dict[str, Any]]) -> Non
             for ref in auth["spec"]["secretTargetRef"]:
                 assert ref["key"] in _secret_data(docs, ref["name"])
             watched.add(queue)
-    assert watched == queues
+    assert watched == worker_queues
 
 
 def test_gpu_workers_scale_more_slowly(docs: list[dict[str, Any]]) -> None:
@@ -191,6 +204,7 @@ def test_every_command_and_probe_is_a_pagemill_command(docs: list[dict[str, Any]
                 argv = as_argv(container.get(probe, {}).get("exec", {}).get("command"))
                 if is_pagemill(argv):
                     check_pagemill_argv(argv, f"{where} {probe}")
+                check_celery_apps(" ".join(argv or []), f"{where} {probe}")
     assert {("migrate",), ("api", "--host"), ("worker", "cpu"), ("worker", "gpu"),
             ("worker", "layout"), ("sweeper",), ("flower", "--address")} <= {
         c[:1] if c[0] in ("migrate", "sweeper") else c for c in commands
@@ -254,7 +268,7 @@ def test_grace_periods_cover_a_warm_shutdown(docs: list[dict[str, Any]]) -> None
         role = _worker_role(deployment)
         if role is None:
             continue
-        queue = "cpu" if role == "layout" else role
+        queue = _queue_of(role)
         grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         assert grace > needed[queue], f"{name}: {grace} s cannot finish a {needed[queue]} s task"
 
