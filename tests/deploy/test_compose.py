@@ -36,7 +36,8 @@ def _compose() -> dict[str, Any]:
 
 
 def _services() -> dict[str, dict[str, Any]]:
-    return {name: s for name, s in _compose()["services"].items()}
+    services: dict[str, dict[str, Any]] = _compose()["services"]
+    return services
 
 
 def _pagemill_services() -> dict[str, dict[str, Any]]:
