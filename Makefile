@@ -26,6 +26,7 @@ install-paddlex: install
 
 test: install-vllm install-paddlex
 	bash scripts/install-tesseract.sh
+	bash scripts/install-deploy-tools.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
