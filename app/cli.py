@@ -481,31 +481,63 @@ def worker(
         str | None,
         typer.Option(help="gpu and layout roles: one worker process per listed GPU, e.g. 0,1,3"),
     ] = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="probe: exit 0 only if this host's worker(s) of ROLE answer on their health "
+            "port and their engine is healthy",
+        ),
+    ] = False,
 ) -> None:
     """Run a Celery worker for the cpu or gpu queue, restarted when it dies; `layout` serves
     the cpu queue with one batching layout engine per process (per GPU with --gpus)."""
     from app.processes import supervise, worker_command
 
-    _ready()
-    settings = get_settings()
     if role not in ("cpu", "gpu", "layout"):
         console.print("[red]role is cpu, gpu or layout[/red]")
         raise typer.Exit(2)
-    if gpus is None or role == "cpu":
+    devices = [d.strip() for d in (gpus or "").split(",") if d.strip()] if role != "cpu" else []
+    if check:
+        raise typer.Exit(_check_workers(max(1, len(devices))))
+    _ready()
+    settings = get_settings()
+    if not devices:
         argv, env = worker_command(role, settings, concurrency=concurrency)
         raise typer.Exit(supervise([(argv, env)]))
     # One worker process and engine per GPU, each restarted on its own when it dies; its
     # unacknowledged messages go back to the queue.
     commands = []
-    for device in [d.strip() for d in gpus.split(",") if d.strip()]:
+    for index, device in enumerate(devices):
         argv, env = worker_command(
-            role, settings, concurrency=concurrency, hostname=f"{role}{device}@%h"
+            role, settings, concurrency=concurrency, hostname=f"{role}{device}@%h", index=index
         )
         env["CUDA_VISIBLE_DEVICES"] = device
         if role == "layout":  # the one visible GPU
             env["PAGEMILL_LAYOUT_DEVICE"] = "cuda:0"
         commands.append((argv, env))
     raise typer.Exit(supervise(commands))
+
+
+def _check_workers(count: int) -> int:
+    """0 when each of the `count` workers started by one `pagemill worker` command on this
+    host answers /healthz with 200 (ports PAGEMILL_WORKER_METRICS_PORT + index)."""
+    import httpx
+
+    base = get_settings().worker_metrics_port
+    if not base:
+        console.print("[red]PAGEMILL_WORKER_METRICS_PORT is 0: no health endpoint to ask[/red]")
+        return 2
+    code = 0
+    for port in range(base, base + count):
+        try:
+            response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+            healthy, detail = response.status_code == 200, response.text
+        except httpx.HTTPError as exc:
+            healthy, detail = False, f"no answer ({type(exc).__name__})"
+        print(f"{port}\t{'ok' if healthy else 'unhealthy'}\t{detail}")
+        code = code or (0 if healthy else 1)
+    return code
 
 
 @cli.command()

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import delete, insert, or_, select, tuple_, update
 
+from app import metrics
 from app.db import session_scope
 from app.errors import WorkHeld
 from app.models import (
@@ -85,6 +86,9 @@ def _check_lease(row: Job | Page, holder: str, now: datetime, what: str) -> None
 
 
 def _take_lease(row: Job | Page, holder: str, now: datetime) -> None:
+    if row.held_by is None and row.updated_at is not None:
+        # Since its last change of state: the time its message waited in the queue.
+        metrics.observe("queue_wait", (now - row.updated_at).total_seconds())
     row.held_by = holder
     row.heartbeat_at = now
     row.updated_at = now
@@ -187,13 +191,15 @@ def fail_job(job_id: str, error: str) -> None:
     """Marks a job failed as a whole (the document could not be opened, or was refused)."""
     with session_scope() as session:
         now = utcnow()
-        session.execute(
+        changed = session.execute(  # type: ignore[attr-defined]
             update(Job)
             .where(Job.id == job_id, Job.state.in_(_ACTIVE_JOBS))
             .values(
                 state=JobState.FAILED, error=error, finished_at=now, updated_at=now, held_by=None
             )
-        )
+        ).rowcount
+    if changed:
+        metrics.DOCUMENTS.labels(JobState.FAILED.value).inc()
 
 
 # -- prepare ---------------------------------------------------------------------------
@@ -447,7 +453,10 @@ def complete_page(
                 )
             )
         job = session.get(Job, job_id, populate_existing=True)
-        return job is not None and job.awaiting_assembly
+        awaiting = job is not None and job.awaiting_assembly
+    if changed:
+        metrics.PAGES.labels(state.value).inc()
+    return awaiting
 
 
 # -- the sweeper (app.sweeper) ----------------------------------------------------------
@@ -560,7 +569,9 @@ def finish_job(job_id: str, markdown_key: str | None, json_key: str | None) -> J
         job.result_json_key = json_key
         job.finished_at = job.updated_at = utcnow()
         job.held_by = None
-        return JobState(job.state)
+        final = JobState(job.state)
+    metrics.DOCUMENTS.labels(final.value).inc()
+    return final
 
 
 # -- cancel and retry ------------------------------------------------------------------
@@ -597,7 +608,9 @@ def cancel_job(job_id: str, tenant: str | None = None) -> CancelOutcome | None:
         job.finished_at = now
         job.updated_at = now
         job.held_by = None
-        return CancelOutcome(changed=True, state=JobState.CANCELLED, tenant=job.tenant)
+        outcome = CancelOutcome(changed=True, state=JobState.CANCELLED, tenant=job.tenant)
+    metrics.DOCUMENTS.labels(JobState.CANCELLED.value).inc()
+    return outcome
 
 
 def batch_job_ids(batch_id: str, tenant: str | None = None) -> list[str] | None:

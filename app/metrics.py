@@ -54,6 +54,10 @@ ERRORS = Counter("pagemill_errors", "Errors in tasks, by kind (exception class)"
 RETRIES = Counter("pagemill_retries", "Task deliveries sent back to wait, by reason", ["reason"])
 
 
+def observe(stage: str, seconds: float) -> None:
+    STAGE_SECONDS.labels(stage).observe(max(0.0, seconds))
+
+
 def multiprocess_dir() -> Path | None:
     value = os.environ.get(MULTIPROC_ENV)
     return Path(value) if value else None

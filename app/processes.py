@@ -19,7 +19,12 @@ from app.settings import Settings
 
 
 def worker_command(
-    role: str, settings: Settings, *, concurrency: int | None = None, hostname: str | None = None
+    role: str,
+    settings: Settings,
+    *,
+    concurrency: int | None = None,
+    hostname: str | None = None,
+    index: int = 0,
 ) -> tuple[list[str], dict[str, str]]:
     """The argv and extra environment of one Celery worker for the `cpu` or `gpu` queue.
 
@@ -28,6 +33,10 @@ def worker_command(
     The `layout` role is the cpu queue's work on a GPU host: one process, threads pool, one
     layout engine batching the pages of every thread (`layout_concurrency` of them).
     CPU recognizers (rapidocr) and the cpu role use prefork, one process per core.
+
+    The `index`-th worker of a command (one per GPU) serves its /metrics and /healthz on
+    PAGEMILL_WORKER_METRICS_PORT + index, with its processes' metric files in a folder of
+    its own.
     """
     if role not in ("cpu", "gpu", "layout"):
         raise ValueError(f"unknown worker role {role!r}: cpu, gpu or layout")
@@ -64,6 +73,11 @@ def worker_command(
         # a long-running worker without bound.
         argv += ["--max-tasks-per-child", "200"]
     env = {"PAGEMILL_WORKER_ROLE": role, "PAGEMILL_POOL": pool}
+    port = settings.worker_metrics_port + index if settings.worker_metrics_port else 0
+    env["PAGEMILL_WORKER_METRICS_PORT"] = str(port)
+    if port:
+        folder = (settings.data_dir / "metrics" / f"{role}-{port}").resolve()
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
     return argv, env
 
 

@@ -189,6 +189,8 @@ def _start_workers(
     processes = []
     # One process per core on each queue, each model on one thread: pages overlap across
     # processes instead of two multi-threaded processes fighting over the same cores.
+    # No metrics endpoint: nothing scrapes a run on one machine, and ports stay free.
+    settings = settings.model_copy(update={"worker_metrics_port": 0})
     for role, count in (("cpu", cpu_workers or cores), ("gpu", gpu_workers or cores)):
         argv, env = worker_command(role, settings, concurrency=count)
         if not settings.onnx_threads:

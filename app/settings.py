@@ -75,7 +75,6 @@ class Settings(BaseSettings):
     # How long a task keeps trying to send its next message while the broker is unreachable
     # before it gives up its delivery (the message goes back; the sweeper is the net).
     send_retry_seconds: float = 30.0
-    inline_image_max_bytes: int = 256 * 1024  # crops larger than this go through storage
 
     # -- render and layout -------------------------------------------------------------
     render_dpi: int = 200

@@ -56,6 +56,8 @@ def stack_env(session_dir: Path, s3: services.SeaweedFS, postgres_url: str) -> d
         "PAGEMILL_S3_BUCKET": "pagemill-test",
         "PAGEMILL_DATA_DIR": str(session_dir / "stack"),
         "PAGEMILL_RETRY_BACKOFF_SECONDS": "0.5",
+        # Workers serve no metrics port unless a test asks (sessions run side by side).
+        "PAGEMILL_WORKER_METRICS_PORT": "0",
     }
     services.configure(env)
     from app.db import migrate

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app import jobs
+from app import jobs, logs, metrics
 from app.models import Job, JobState, PageState, RegionSource, RegionState
 from app.queue import ASSEMBLE, PAGE, RECOGNIZE
 from app.settings import Settings
@@ -109,6 +109,7 @@ def prepare_document(job_id: str, settings: Settings) -> list[Message]:
     job = jobs.begin_prepare(job_id)
     if job is None:
         return []
+    logs.bind(tenant=job.tenant)
     if job.attempts > settings.task_max_attempts:
         jobs.fail_job(job_id, f"gave up after {job.attempts - 1} attempts to open the document")
         return []
@@ -126,6 +127,7 @@ def prepare_document(job_id: str, settings: Settings) -> list[Message]:
         jobs.fail_job(job_id, str(exc))
         return []
     pages = jobs.set_pages(job_id, [jobs.PageSize(size.width_pt, size.height_pt) for size in sizes])
+    log.info("prepared: %s, %d pages, %d to process", media_type, len(sizes), len(pages))
     return [(PAGE, (job_id, number)) for number in pages]
 
 
@@ -180,6 +182,7 @@ def process_page(job_id: str, number: int, settings: Settings) -> list[Message]:
         )
     job = jobs.get_job(job_id)
     assert job is not None
+    logs.bind(tenant=job.tenant)
     try:
         pending = _layout_page(job, number, settings)
     except DocumentError as exc:
@@ -227,6 +230,7 @@ def _layout_page(job: Job, number: int, settings: Settings) -> int:
         max_image_pixels=settings.max_image_pixels,
     )
     render_ms = (time.perf_counter() - started) * 1000
+    metrics.observe("render", render_ms / 1000)
     image = rendered.image
     height, width = image.shape[:2]
 
@@ -248,10 +252,14 @@ def _layout_page(job: Job, number: int, settings: Settings) -> int:
         regions = arrange_page(found, width, height, first_page=number == 1)
         layout_ms = (time.perf_counter() - started) * 1000
         layout_name = f"{engine.name}/{engine.version}"
+        metrics.observe("layout", layout_ms / 1000)
 
+    started = time.perf_counter()
     text_layer, texts = _text_layer(
         path, media_type, number, rendered.scale, regions, options, password
     )
+    if text_layer is not None:
+        metrics.observe("text_layer", time.perf_counter() - started)
     routes = routing_table(settings.label_routes)
     rows: list[dict[str, Any]] = []
     crops = {}
@@ -293,7 +301,21 @@ def _layout_page(job: Job, number: int, settings: Settings) -> int:
         "layout_engine": layout_name,
         "text_layer": text_layer,
     }
-    return jobs.record_layout(job.id, number, page_values, rows)
+    started = time.perf_counter()
+    pending = jobs.record_layout(job.id, number, page_values, rows)
+    metrics.observe("record", time.perf_counter() - started)
+    log.info(
+        "laid out: %d regions, %d to recognize (render %.0f ms, layout %.0f ms, %s)",
+        len(rows),
+        pending,
+        render_ms,
+        layout_ms,
+        layout_name,
+    )
+    for row in rows:
+        if row["state"] != RegionState.PENDING:
+            metrics.REGIONS.labels(row["task"], row["source"], row["state"]).inc()
+    return pending
 
 
 def _text_layer(
@@ -340,6 +362,7 @@ def recognize_page(job_id: str, number: int, settings: Settings) -> list[Message
         return _finish_page(job_id, number)
     job = jobs.get_job(job_id)
     assert job is not None
+    logs.bind(tenant=job.tenant)
     template = (job.options or {}).get("extract")
     crops = unbundle_crops(get_storage(settings).get(crops_key(job.tenant, job_id, number)))
     requests = [
@@ -352,14 +375,32 @@ def recognize_page(job_id: str, number: int, settings: Settings) -> list[Message
         for region in claim.regions
     ]
     engine = registry.recognizer(settings)
+    in_flight = metrics.ENGINE_IN_FLIGHT.labels(engine.name)
+    in_flight.inc(len(requests))
     started = time.perf_counter()
-    results = engine.recognize(requests)
+    try:
+        results = engine.recognize(requests)
+    finally:
+        in_flight.dec(len(requests))
     elapsed_ms = (time.perf_counter() - started) * 1000
+    metrics.observe("recognize", elapsed_ms / 1000)
+    log.info("recognized %d regions in %.0f ms (%s)", len(results), elapsed_ms, engine.name)
     engine_name = f"{engine.name}/{engine.version}"
     unreachable = [r for r in results if r.unavailable]
+    started = time.perf_counter()
     jobs.record_region_results(
         job_id, number, [_result_row(r, engine_name) for r in results if not r.unavailable]
     )
+    metrics.observe("record", time.perf_counter() - started)
+    tasks = {str(region.index): region.task for region in claim.regions}
+    for result in results:
+        if not result.unavailable:
+            state = RegionState.DONE if result.ok else RegionState.FAILED
+            metrics.REGIONS.labels(tasks[result.key], RegionSource.OCR, state).inc()
+        for kind in ("prompt", "completion"):
+            tokens = getattr(result, f"{kind}_tokens")
+            if tokens:
+                metrics.ENGINE_TOKENS.labels(engine.name, kind).inc(tokens)
     if unreachable:
         # Those regions stay pending: the page goes back to the queue until the server is back.
         raise EngineUnavailable(
@@ -391,6 +432,8 @@ def assemble_job(job_id: str, settings: Settings) -> list[Message]:
     job = jobs.begin_assemble(job_id)
     if job is None:
         return []
+    logs.bind(tenant=job.tenant)
+    started = time.perf_counter()
     storage = get_storage(settings)
     pages = [_assembly_page(page) for page in job.pages]
     template = (job.options or {}).get("extract")
@@ -414,6 +457,8 @@ def assemble_job(job_id: str, settings: Settings) -> list[Message]:
         storage.delete_prefix(md_key)
         storage.delete_prefix(json_key)
     storage.delete_prefix(work_prefix(job.tenant, job.id))
+    metrics.observe("assemble", time.perf_counter() - started)
+    log.info("assembled %d pages", len(pages))
     return []
 
 

@@ -24,9 +24,16 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Reject
-from celery.signals import worker_init, worker_process_init
+from celery.signals import (
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
 
-from app import jobs
+from app import jobs, logs, metrics
 from app.errors import EngineDead, TransientError, WorkHeld, translate
 from app.queue import ASSEMBLE, PAGE, PREPARE, RECOGNIZE, get_celery, send
 from app.settings import get_settings
@@ -139,15 +146,18 @@ def _run(
         log.info("%s: duplicate delivery dropped: %s", task.name, exc)
         return
     except EngineDead as exc:
+        metrics.ERRORS.labels(type(exc).__name__).inc()
         _engine_died(exc)
     except TransientError as exc:
         log.warning("transient error in %s, retrying: %s", task.name, exc)
+        metrics.RETRIES.labels(type(exc).__name__).inc()
         if on_transient is not None:
             with contextlib.suppress(Exception):  # the database may be what is down
                 on_transient()
         _retry(task, exc)
     except Exception as exc:  # SoftTimeLimitExceeded included
         log.exception("%s failed", task.name)
+        metrics.ERRORS.labels(type(exc).__name__).inc()
         if on_error is not None:
             with contextlib.suppress(Exception):
                 on_error(f"{type(exc).__name__}: {exc}")
@@ -236,9 +246,7 @@ def _preload(**_: Any) -> None:
     try:
         if role == "gpu":
             engine = registry.recognizer(settings)
-            warmup = getattr(engine, "warmup", None)
-            if warmup is not None:
-                warmup()
+            engine.warmup()
             log.info("recognizer %s/%s is warm", engine.name, engine.version)
         elif role in ("cpu", "layout"):
             layout = registry.layout_engine(settings)
@@ -287,3 +295,55 @@ def _preload_in_main_process(**kwargs: Any) -> None:
 
 
 worker_init.connect(_preload_in_main_process, weak=False)
+
+
+def _logging(**_: Any) -> None:
+    """pagemill's format (PAGEMILL_LOG_FORMAT=json|text) for Celery's lines and ours."""
+    settings = get_settings()
+    logs.configure_logging(settings.log_format, settings.log_level)
+
+
+def _serve_monitor(**_: Any) -> None:
+    """The worker's /metrics and /healthz, from its main process, before the pool starts:
+    the metric files of an earlier run of this worker are cleared first."""
+    role = os.environ.get("PAGEMILL_WORKER_ROLE")
+    port = get_settings().worker_metrics_port
+    if role is None or not port:
+        return
+    from workers import monitor
+
+    folder = metrics.multiprocess_dir()
+    if folder is not None:
+        metrics.prepare_multiprocess_dir(folder)
+    monitor.serve(port, role, os.environ.get("PAGEMILL_POOL", "prefork"))
+
+
+_log_scopes: dict[str, contextlib.ExitStack] = {}
+
+
+def _log_scope_open(task_id: str, task: Task, args: tuple[Any, ...], **_: Any) -> None:
+    """Every line written while a task runs carries its job, page and task — Celery's own
+    "succeeded" and "raised" lines too, which it writes before task_postrun."""
+    scope = contextlib.ExitStack()
+    page = args[1] if len(args) > 1 else None
+    scope.enter_context(
+        logs.log_context(job_id=args[0] if args else None, page=page, task=task.name)
+    )
+    _log_scopes[task_id] = scope
+
+
+def _log_scope_close(task_id: str, **_: Any) -> None:
+    scope = _log_scopes.pop(task_id, None)
+    if scope is not None:
+        scope.close()
+
+
+def _child_exited(**_: Any) -> None:
+    metrics.mark_process_dead(os.getpid())
+
+
+setup_logging.connect(_logging, weak=False)
+task_prerun.connect(_log_scope_open, weak=False)
+task_postrun.connect(_log_scope_close, weak=False)
+worker_init.connect(_serve_monitor, weak=False)
+worker_process_shutdown.connect(_child_exited, weak=False)

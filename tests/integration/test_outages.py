@@ -60,6 +60,7 @@ def _base_env(tmp_path: Path, s3: services.SeaweedFS) -> dict[str, str]:
         "PAGEMILL_S3_SECRET_KEY": services.S3_SECRET,
         "PAGEMILL_S3_BUCKET": "pagemill-outages",
         "PAGEMILL_DATA_DIR": str(tmp_path / "data"),
+        "PAGEMILL_WORKER_METRICS_PORT": "0",
         **CLOCKS,
     }
 

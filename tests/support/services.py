@@ -289,9 +289,11 @@ def settings_for(env: Mapping[str, str]) -> object:
 def workers(
     env: Mapping[str, str], roles: Mapping[str, int] | None = None, log_dir: Path | None = None
 ) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
-    """Real Celery workers in their own processes, started the way `pagemill worker` does."""
+    """Real Celery workers in their own processes, started the way `pagemill worker` does.
+    Without a metrics port in `env`, they serve none (tests run side by side)."""
     from app.processes import start, stop, worker_command
 
+    env = {"PAGEMILL_WORKER_METRICS_PORT": "0", **env}
     settings = settings_for(env)
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:

@@ -138,3 +138,26 @@ def test_get_settings_is_cached_until_cleared(monkeypatch: pytest.MonkeyPatch) -
         assert get_settings().render_dpi == 250
     finally:
         get_settings.cache_clear()
+
+
+def test_the_readme_lists_every_setting_with_its_default_and_meaning() -> None:
+    """The README's settings table is generated from the Settings class (names, defaults)
+    and .env.example (meanings): it must be regenerated when a setting changes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "scripts/settings_table.py", "--check"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("<!-- settings:begin -->") : readme.index("<!-- settings:end -->")]
+    for name in Settings.model_fields:
+        row = next(line for line in table.splitlines() if f"`PAGEMILL_{name.upper()}`" in line)
+        assert not row.endswith("|  |"), f"PAGEMILL_{name.upper()} has no meaning"

@@ -51,4 +51,13 @@ class Recognizer(Protocol):
         """
         ...
 
+    def warmup(self) -> RecognitionResult:
+        """One real request through the whole path, before the worker takes messages: it
+        loads what the first request would, and proves the engine answers (raises if not)."""
+        ...
+
+    def healthy(self) -> bool:
+        """False when the engine can no longer answer (dead, stuck or closed)."""
+        ...
+
     def close(self) -> None: ...

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from workers.engines.types import RecognitionRequest, RecognitionResult
+from workers.engines.types import RecognitionRequest, RecognitionResult, RecognitionTask
 
 
 class RapidOcrRecognizer:
@@ -36,6 +36,19 @@ class RapidOcrRecognizer:
         )
         # One RapidOCR object is not safe to call from two threads at once.
         self._lock = threading.Lock()
+        self._closed = False
+
+    def warmup(self) -> RecognitionResult:
+        """Runs detection and recognition once on a small drawn line: loads both models."""
+        image = np.full((48, 160, 3), 255, dtype=np.uint8)
+        image[18:30, 12:148] = 0
+        result = self._one(RecognitionRequest("warmup", image, RecognitionTask.TEXT))
+        if not result.ok:
+            raise RuntimeError(f"rapidocr cannot recognize: {result.error}")
+        return result
+
+    def healthy(self) -> bool:
+        return not self._closed
 
     def recognize(self, requests: Sequence[RecognitionRequest]) -> list[RecognitionResult]:
         return [self._one(request) for request in requests]
@@ -58,7 +71,7 @@ class RapidOcrRecognizer:
         )
 
     def close(self) -> None:
-        pass
+        self._closed = True
 
 
 def join_lines(boxes: np.ndarray, texts: list[Any]) -> str:
