@@ -166,13 +166,19 @@ def supervise(
     *,
     max_delay: float = 60.0,
     stop_timeout: float = 60.0,
+    max_failed_starts: int = 3,
+    min_uptime: float = 60.0,
 ) -> int:
     """Runs each command and starts it again when it ends with a failure: a worker whose
     engine died (exit 3), or that a library error ended (Celery's "Unrecoverable error"
     during a broker restart), comes back by itself. The delay doubles from one second up to
     `max_delay` and starts over after a run of five minutes. Exit code 2 (the database is
-    not migrated) is not retried. SIGTERM or SIGINT stop every command (Celery's warm
-    shutdown) and return 0; when every command ended by itself with 0, that is returned."""
+    not migrated) is not retried, and a command that fails `max_failed_starts` times in a
+    row within `min_uptime` of starting (an engine that cannot load) ends the supervisor
+    with its exit code, so the operator's supervisor (Kubernetes, compose) shows a crash
+    loop instead of a worker that seems up. SIGTERM or SIGINT stop every command (Celery's
+    warm shutdown) and return 0; when every command ended by itself with 0, that is
+    returned."""
     stopping: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -182,6 +188,7 @@ def supervise(
     running: list[subprocess.Popen[bytes] | None] = [start(argv, env) for argv, env in commands]
     started = [time.monotonic()] * len(commands)
     delays = [1.0] * len(commands)
+    failed_starts = [0] * len(commands)
     due: list[float | None] = [None] * len(commands)
     code = 0
     try:
@@ -202,6 +209,15 @@ def supervise(
                 if returncode == 2:
                     print(f"pagemill: {argv[-1]!r} refused to start (exit 2)", file=sys.stderr)
                     return 2
+                failed_starts[i] = failed_starts[i] + 1 if now - started[i] < min_uptime else 0
+                if failed_starts[i] >= max_failed_starts:
+                    print(
+                        f"pagemill: worker failed {failed_starts[i]} times within "
+                        f"{min_uptime:.0f} s of starting (exit {returncode}); giving up",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    return returncode
                 if now - started[i] > 300:
                     delays[i] = 1.0
                 print(

@@ -24,7 +24,7 @@ from app.models import Page, PageState, Region
 from app.schemas import JobOptions
 from app.submit import submit_file
 from tests.conftest import wait_for_jobs
-from tests.support import documents, services
+from tests.support import documents, private, services
 
 pytestmark = pytest.mark.integration
 
@@ -172,7 +172,7 @@ def test_redis_restarted_mid_batch(
     """Killed and started again after 6 s on the same port and folder. Empty, every message
     is gone (queued, held, unacknowledged): only the sweeper can find the work again."""
     with (
-        services.private_redis(tmp_path / "redis", persistent=persistent) as redis,
+        private.redis_server(tmp_path / "redis", persistent=persistent) as redis,
         _database({**_base_env(tmp_path, s3), "PAGEMILL_BROKER_URL": redis.url}) as env,
         _deployment(env, tmp_path / "logs"),
     ):
@@ -188,7 +188,7 @@ def test_redis_restarted_mid_batch(
 
 
 def test_postgres_restarted_mid_batch(tmp_path: Path, s3: services.SeaweedFS) -> None:
-    with services.private_postgres() as cluster:
+    with private.postgres_cluster() as cluster:
         url = cluster.create_database("pagemill")
         env = {**_base_env(tmp_path, s3), **services.broker_env(f"pg-{uuid.uuid4().hex[:6]}")}
         with _database(env, url) as env, _deployment(env, tmp_path / "logs"):

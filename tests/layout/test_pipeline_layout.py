@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,7 +54,9 @@ def layout_env(stack_env: dict[str, str], session_dir: Path) -> Iterator[dict[st
 def layout_workers(layout_env: dict[str, str], session_dir: Path) -> Iterator[Path]:
     logs = session_dir / "layout-stack" / "logs"
     with services.workers(layout_env, {"layout": 4, "gpu": 1}, log_dir=logs) as processes:
-        _wait_for_line(logs / "worker-layout.log", " ready.", processes["layout"], timeout=300)
+        services.wait_for_line(
+            logs / "worker-layout.log", " ready.", processes["layout"], timeout=300
+        )
         yield logs
         print(f"layout worker peak RSS: {_peak_rss_mib(processes['layout'].pid)} MiB")
 
@@ -66,19 +66,6 @@ def _peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return round(int(line.split()[1]) / 1024, 1)
     return 0.0
-
-
-def _wait_for_line(
-    log: Path, needle: str, process: subprocess.Popen[bytes], timeout: float
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if log.exists() and needle in log.read_text(errors="replace"):
-            return
-        if process.poll() is not None:
-            raise RuntimeError(f"worker exited {process.returncode}:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-    raise TimeoutError(f"{needle!r} not in {log} after {timeout} s")
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""Private Redis and Postgres servers a test owns, so it can stop and start them (the shared
-ones on 6379 / 5432 are never touched). Recipes from ENVIRONMENT.md."""
+"""Private Redis and Postgres servers a test owns, so it can stop, kill and restart them
+(the shared ones on 6379 / 5432 are never touched). Recipes from ENVIRONMENT.md."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +17,13 @@ from tests.support.services import free_port, wait_for_port
 
 @dataclass
 class PrivateRedis:
+    """A redis-server of the test's own on its own port and folder. With persistent=True
+    (append-only file) it comes back from a kill with its data; without, it comes back
+    empty, as a Redis without persistence does."""
+
     port: int
     folder: Path
+    persistent: bool = False
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -26,16 +31,20 @@ class PrivateRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        log = open(self.folder / "redis.log", "ab")  # noqa: SIM115
         argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port)]
-        argv += ["--dir", str(self.folder), "--save", "", "--appendonly", "no"]
+        argv += ["--dir", str(self.folder), "--save", ""]
+        argv += ["--appendonly", "yes" if self.persistent else "no"]
+        log = open(self.folder / "redis.log", "ab")  # noqa: SIM115 - the server's
         self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, 30, self.process)
 
-    def stop(self) -> None:
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, as when its machine or container dies."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+    stop = kill
 
     def command(self, *args: str) -> str:
         result = subprocess.run(
@@ -49,14 +58,14 @@ class PrivateRedis:
 
 
 @contextmanager
-def redis_server(folder: Path) -> Iterator[PrivateRedis]:
+def redis_server(folder: Path, *, persistent: bool = False) -> Iterator[PrivateRedis]:
     folder.mkdir(parents=True, exist_ok=True)
-    server = PrivateRedis(free_port(), folder)
+    server = PrivateRedis(free_port(), folder, persistent)
     server.start()
     try:
         yield server
     finally:
-        server.stop()
+        server.kill()
 
 
 def _pg_bin(name: str) -> str:
@@ -67,15 +76,20 @@ def _pg_bin(name: str) -> str:
 
 
 def _as_postgres(*argv: str) -> None:
-    # initdb refuses root; the cluster's files belong to the postgres user.
-    subprocess.run(["runuser", "-u", "postgres", "--", *argv], check=True, timeout=120)
+    # initdb and pg_ctl refuse root; the cluster's files belong to the postgres user.
+    subprocess.run(
+        ["runuser", "-u", "postgres", "--", *argv], check=True, timeout=120, capture_output=True
+    )
 
 
 @dataclass
 class PrivatePostgres:
+    """A Postgres cluster of the test's own (initdb + pg_ctl) that it may stop and restart;
+    with a password it asks for one (scram), else it trusts."""
+
     port: int
     folder: Path
-    password: str
+    password: str | None = None
 
     @property
     def data(self) -> Path:
@@ -83,39 +97,50 @@ class PrivatePostgres:
 
     def url(self, password: str | None = None, database: str = "postgres") -> str:
         secret = self.password if password is None else password
-        return f"postgresql+psycopg://postgres:{secret}@127.0.0.1:{self.port}/{database}"
+        user = f"postgres:{secret}" if secret else "postgres"
+        return f"postgresql+psycopg://{user}@127.0.0.1:{self.port}/{database}"
 
-    def start(self) -> None:
+    def pg_ctl(self, *args: str) -> None:
         options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder}"
         _as_postgres(
             _pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "log"),
-            "-o", options, "-w", "start",
+            "-o", options, "-w", *args,
         )  # fmt: skip
 
+    def start(self) -> None:
+        self.pg_ctl("start")
+
     def stop(self) -> None:
-        _as_postgres(_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+        self.pg_ctl("stop", "-m", "fast")
+
+    def create_database(self, name: str) -> str:
+        import psycopg
+
+        admin = self.url().replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(database=name)
 
 
 @contextmanager
-def postgres_cluster(password: str) -> Iterator[PrivatePostgres]:
-    """A fresh cluster that asks for a password (scram), on a port of its own."""
+def postgres_cluster(password: str | None = None) -> Iterator[PrivatePostgres]:
+    """A fresh cluster on a port of its own, under /tmp (the postgres user must reach it)."""
     folder = Path(tempfile.mkdtemp(prefix="pagemill-pg-"))
     shutil.chown(folder, "postgres", "postgres")
-    secret = folder / "pw"
-    secret.write_text(password + "\n")
-    shutil.chown(secret, "postgres", "postgres")
     cluster = PrivatePostgres(free_port(), folder, password)
+    auth = ["--auth=trust"]
+    if password is not None:
+        secret = folder / "pw"
+        secret.write_text(password + "\n")
+        shutil.chown(secret, "postgres", "postgres")
+        auth = ["--auth=scram-sha-256", f"--pwfile={secret}"]
     try:
         _as_postgres(
-            _pg_bin("initdb"), "-D", str(cluster.data), "-U", "postgres",
-            "--auth=scram-sha-256", f"--pwfile={secret}", "-E", "UTF8",
-        )  # fmt: skip
+            _pg_bin("initdb"), "-D", str(cluster.data), "-U", "postgres", *auth, "-E", "UTF8"
+        )
         cluster.start()
         yield cluster
     finally:
-        subprocess.run(
-            ["runuser", "-u", "postgres", "--", _pg_bin("pg_ctl"), "-D", str(cluster.data),
-             "-m", "immediate", "stop"],
-            capture_output=True, timeout=60, check=False,
-        )  # fmt: skip
+        with suppress(Exception):
+            cluster.pg_ctl("stop", "-m", "immediate")
         shutil.rmtree(folder, ignore_errors=True)

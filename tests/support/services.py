@@ -311,107 +311,6 @@ def workers(
         stop(list(processes.values()))
 
 
-# -- services a test owns and restarts (outage tests) ----------------------------------------
-
-
-@dataclass
-class PrivateRedis:
-    """A redis-server of the test's own on its own port and folder. With persistent=True
-    (append-only file) it comes back from a kill with its data; without, it comes back
-    empty, as a Redis without persistence does."""
-
-    port: int
-    folder: Path
-    persistent: bool
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        argv += ["--dir", str(self.folder), "--save", ""]
-        argv += ["--appendonly", "yes" if self.persistent else "no"]
-        log = open(self.folder / "redis.log", "ab")  # noqa: SIM115 - the server's
-        self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        wait_for_port(self.port, 30, self.process)
-
-    def kill(self) -> None:
-        """SIGKILL: no goodbye, as when its machine or container dies."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-
-@contextmanager
-def private_redis(folder: Path, *, persistent: bool = True) -> Iterator[PrivateRedis]:
-    folder.mkdir(parents=True, exist_ok=True)
-    server = PrivateRedis(free_port(), folder, persistent)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-@dataclass
-class PrivatePostgres:
-    """A Postgres cluster of the test's own (initdb + pg_ctl), which it may restart."""
-
-    folder: Path
-    port: int
-
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
-
-    def pg_ctl(self, *args: str) -> None:
-        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder}"
-        argv = [str(PG_BIN / "pg_ctl"), "-D", str(self.folder / "data")]
-        argv += ["-l", str(self.folder / "log"), "-o", options, "-w", *args]
-        subprocess.run(_as_postgres(argv), check=True, timeout=120, capture_output=True)
-
-    def create_database(self, name: str) -> str:
-        import psycopg
-
-        admin = self.url().replace("postgresql+psycopg://", "postgresql://")
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return self.url(name)
-
-
-def _as_postgres(argv: list[str]) -> list[str]:
-    # initdb and pg_ctl refuse to run as root.
-    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
-
-
-@contextmanager
-def private_postgres() -> Iterator[PrivatePostgres]:
-    # Under /tmp, not pytest's tmp_path: the postgres user must reach the folder.
-    folder = Path(f"/tmp/pagemill-pg-{uuid.uuid4().hex[:10]}")
-    folder.mkdir(mode=0o700)
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres", "postgres")
-    cluster = PrivatePostgres(folder, free_port())
-    initdb = [str(PG_BIN / "initdb"), "-D", str(folder / "data"), "-U", "postgres"]
-    subprocess.run(
-        _as_postgres([*initdb, "--auth=trust", "-E", "UTF8"]),
-        check=True,
-        timeout=120,
-        capture_output=True,
-    )
-    cluster.pg_ctl("start")
-    try:
-        yield cluster
-    finally:
-        with suppress(Exception):
-            cluster.pg_ctl("stop", "-m", "immediate")
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 @contextmanager
 def pagemill_processes(
     env: Mapping[str, str], commands: list[tuple[list[str], Path]]
@@ -479,3 +378,16 @@ def api_key(env: Mapping[str, str], tenant: str = "default", name: str = "tests"
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+def wait_for_line(log: Path, needle: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Waits until `needle` appears in a process's log (e.g. Celery's " ready."); fails with
+    the log's tail if the process exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and needle in log.read_text(errors="replace"):
+            return
+        if process.poll() is not None:
+            raise RuntimeError(f"worker exited {process.returncode}:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    raise TimeoutError(f"{needle!r} not in {log} after {timeout} s")

@@ -63,21 +63,8 @@ def vllm_env(stack_env: dict[str, str], session_dir: Path) -> Iterator[dict[str,
 def vllm_workers(vllm_env: dict[str, str], session_dir: Path) -> Iterator[Path]:
     logs = session_dir / "vllm-stack" / "logs"
     with services.workers(vllm_env, {"cpu": 1, "gpu": 4}, log_dir=logs) as processes:
-        _wait_for_line(logs / "worker-gpu.log", " ready.", processes["gpu"], timeout=300)
+        services.wait_for_line(logs / "worker-gpu.log", " ready.", processes["gpu"], timeout=300)
         yield logs
-
-
-def _wait_for_line(
-    log: Path, needle: str, process: subprocess.Popen[bytes], timeout: float
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if log.exists() and needle in log.read_text(errors="replace"):
-            return
-        if process.poll() is not None:
-            raise RuntimeError(f"worker exited {process.returncode}:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-    raise TimeoutError(f"{needle!r} not in {log} after {timeout} s")
 
 
 @pytest.fixture
@@ -172,3 +159,35 @@ def test_gpu_worker_exits_nonzero_when_the_engine_cannot_start(
     )
     assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-2000:]
     assert "engine failed to start" in done.stdout + done.stderr
+
+
+def test_gpu_worker_passes_its_check_only_once_its_engine_is_warm(
+    vllm_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`pagemill worker gpu --check` (the Kubernetes probe) fails until the vLLM engine is
+    built and warm, then passes with the engine named; prints the time it took."""
+    env = {
+        **vllm_env,
+        **services.broker_env("vllm-check"),
+        "PAGEMILL_DATA_DIR": str(tmp_path / "data"),
+        "PAGEMILL_WORKER_METRICS_PORT": str(services.free_port()),
+    }
+    check = [sys.executable, "-c", "from app.cli import main; main()", "worker", "gpu", "--check"]
+
+    def probe() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            check, env=services.process_env(env), capture_output=True, text=True, timeout=60
+        )
+
+    assert probe().returncode == 1, "a check passed with no worker running"
+    started = time.monotonic()
+    log = tmp_path / "gpu.log"
+    with services.pagemill_processes(env, [(["worker", "gpu", "--concurrency", "2"], log)]):
+        while (result := probe()).returncode != 0:
+            assert time.monotonic() - started < 300, log.read_text()[-3000:]
+            time.sleep(0.5)
+        elapsed = time.monotonic() - started
+        assert "is warm" in log.read_text(), "healthy before the warm-up"
+    details = json.loads(result.stdout.split("\t", 2)[2])
+    assert details["engine"].startswith("vllm/") and details["engine_healthy"] is True
+    print(f"pagemill worker gpu start → passing --check: {elapsed:.1f} s")
