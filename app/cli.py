@@ -285,6 +285,11 @@ def _print_job(job: JobOut) -> None:
     for page in job.pages or []:
         if page.error:
             print(f"  page {page.number}: {page.state}: {page.error}")
+        elif page.lease == "lost":
+            print(
+                f"  page {page.number}: {page.state}: its worker stopped (last heartbeat "
+                f"{page.heartbeat_at:%H:%M:%S}); the sweeper sends it again"
+            )
 
 
 def _print_table(jobs: Sequence[JobOut]) -> None:

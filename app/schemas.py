@@ -83,6 +83,10 @@ class PageOut(BaseModel):
     render_ms: float | None
     layout_ms: float | None
     recognize_ms: float | None
+    # While a worker holds the page: "held" (its heartbeat is fresh) or "lost" (the worker
+    # stopped beating; the sweeper sends the page again), and its last heartbeat.
+    lease: Literal["held", "lost"] | None = None
+    heartbeat_at: datetime | None = None
 
 
 class ResultLinks(BaseModel):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime
+from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from app.models import Batch, Job, JobState
+from app.models import Batch, Job, JobState, utcnow
 from app.schemas import BatchOut, JobOut, PageOut, Progress, ResultLinks, Timings
+from app.settings import get_settings
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
@@ -66,12 +68,21 @@ def job_out(job: Job, *, with_pages: bool = False, link_base: str = "") -> JobOu
                 render_ms=p.render_ms,
                 layout_ms=p.layout_ms,
                 recognize_ms=p.recognize_ms,
+                lease=_lease(p.held_by, p.heartbeat_at),
+                heartbeat_at=p.heartbeat_at if p.held_by else None,
             )
             for p in job.pages
         ]
         if with_pages
         else None,
     )
+
+
+def _lease(held_by: str | None, heartbeat_at: datetime | None) -> Literal["held", "lost"] | None:
+    if held_by is None or heartbeat_at is None:
+        return None
+    age = (utcnow() - heartbeat_at).total_seconds()
+    return "held" if age <= get_settings().lease_seconds else "lost"
 
 
 def batch_state(states: Counter[str]) -> str:
