@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -31,14 +32,22 @@ def _port_free(port: int) -> bool:
     return True
 
 
+# Ports for the servers tests start: below the kernel's ephemeral range (32768 and up on
+# Linux), so no outgoing connection can take one between its choice and its server's bind
+# (a SeaweedFS restarted on its old ports, say). SeaweedFS also uses port + 10000.
+_PORTS = range(12000, 22000)
+_taken: set[int] = set()
+
+
 def free_port(grpc_offset: bool = False) -> int:
-    """A free loopback port; with grpc_offset, port + 10000 is free too (SeaweedFS uses it)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if grpc_offset and (port > 55000 or not _port_free(port + 10000)):
+    """A free loopback port that no other test of this process was given; with grpc_offset,
+    port + 10000 is free too."""
+    for _ in range(500):
+        port = random.choice(_PORTS)
+        wanted = (port, port + 10000) if grpc_offset else (port,)
+        if any(p in _taken for p in wanted) or not all(_port_free(p) for p in wanted):
             continue
+        _taken.update(wanted)
         return port
     raise RuntimeError("no free port")
 
