@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DOCS ?= samples
 OUT ?= out
 
-.PHONY: install install-vllm install-paddlex run test lint bench bench-accuracy bench-layout bench-vllm bench-big clean
+.PHONY: install install-vllm install-paddlex run test lint bench bench-accuracy bench-layout bench-vllm bench-big bench-ingest clean
 
 $(BIN)/pagemill: pyproject.toml scripts/install.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/install.sh
@@ -27,17 +27,33 @@ install-paddlex: install
 test: install-vllm install-paddlex
 	bash scripts/install-tesseract.sh
 	bash scripts/install-deploy-tools.sh
+	bash scripts/install-browser.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check app workers tests benchmarks
-	$(BIN)/ruff format --check app workers tests benchmarks
+	$(BIN)/ruff check app workers tests benchmarks scripts
+	$(BIN)/ruff format --check app workers tests benchmarks scripts
 	$(BIN)/mypy
 
-# Benchmarks print their numbers and write them to benchmarks/results/.
-bench: install
+# Benchmarks print their numbers and write them to benchmarks/results/; `make bench` runs
+# every one of them and draws benchmarks/results/benchmarks.png (well over an hour on 2 cores;
+# the targets below run one part each).
+bench: install-vllm
+	$(BIN)/pip install -q -e ".[bench]"
+	bash scripts/install-tesseract.sh
+	$(BIN)/python -m benchmarks.control_plane --pages 600 --regions 20 --render-dpi 200 --scale-out
+	$(BIN)/python -m benchmarks.stage_timings
+	$(BIN)/python -m benchmarks.big_document --pages 1000
 	$(BIN)/python -m benchmarks.pipeline --mode ocr
 	$(BIN)/python -m benchmarks.pipeline --mode auto
+	$(BIN)/python -m benchmarks.accuracy
+	$(BIN)/python -m benchmarks.layout_speed
+	$(BIN)/python -m benchmarks.page_images
+	$(BIN)/python -m benchmarks.sweeper_cost
+	$(BIN)/python -m benchmarks.ingest --keys 1000 --keys 20000
+	$(BIN)/python -m benchmarks.recognize --engine vllm --n 32
+	$(BIN)/python -m benchmarks.recognize --engine openai --n 32
+	$(BIN)/python -m benchmarks.plot
 
 bench-accuracy: install
 	bash scripts/install-tesseract.sh
@@ -56,6 +72,10 @@ PAGES ?= 1000
 bench-big: install
 	$(BIN)/python -m benchmarks.big_document --pages 10000 --prepare-only
 	$(BIN)/python -m benchmarks.big_document --pages $(PAGES)
+
+# Bulk ingestion from an s3:// prefix on a private SeaweedFS (about 20 minutes here).
+bench-ingest: install
+	$(BIN)/python -m benchmarks.ingest --keys 1000 --keys 20000
 
 clean:
 	rm -rf $(VENV) .venv-paddlex .pagemill out .scratch

@@ -14,7 +14,7 @@ from rich.console import Console
 from app.settings import get_settings
 
 if TYPE_CHECKING:
-    from app.schemas import JobOptions, JobOut
+    from app.schemas import JobOptions, JobOut, WebhookOut
 
 cli = typer.Typer(
     help="pagemill: bulk document OCR on a job queue.",
@@ -104,7 +104,11 @@ def _ready(*, migrate: bool = False) -> None:
 
 
 def _options(
-    mode: str | None, extract: str | None, dpi: int | None, password: str | None = None
+    mode: str | None,
+    extract: str | None,
+    dpi: int | None,
+    password: str | None = None,
+    callback_url: str | None = None,
 ) -> JobOptions:
     from pydantic import ValidationError
 
@@ -126,9 +130,10 @@ def _options(
             extract=template,
             dpi=dpi,
             password=password,  # type: ignore[arg-type]
+            callback_url=callback_url,
         )
     except (ValidationError, ValueError) as exc:
-        console.print(f"[red]invalid options: {exc}[/red]")
+        console.print(f"invalid options: {exc}", style="red", markup=False)
         raise typer.Exit(2) from None
     if password is not None:
         from app.passwords import SecretKeyMissing, require_key
@@ -190,7 +195,18 @@ def migrate() -> None:
 
 @cli.command()
 def submit(
-    paths: Annotated[list[str], typer.Argument(help="files, folders (recursive) or globs")],
+    paths: Annotated[
+        list[str] | None,
+        typer.Argument(help="files, folders (recursive) or globs; or one s3://BUCKET/PREFIX"),
+    ] = None,
+    manifest: Annotated[
+        str | None,
+        typer.Option(
+            "--manifest",
+            help='a JSONL file or s3:// key, a line per document: {"source": "PATH or '
+            's3://BUCKET/KEY", "options": {...}, "filename": "..."}',
+        ),
+    ] = None,
     batch: Annotated[str | None, typer.Option("--batch", help="group the jobs as a batch")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="wait until every job ends")] = False,
     mode: ModeOption = None,
@@ -200,29 +216,69 @@ def submit(
         "default"
     ),
     password: PasswordOption = None,
+    callback_url: Annotated[
+        str | None,
+        typer.Option("--callback-url", help="URL POSTed each job's status when it ends"),
+    ] = None,
+    batch_callback_url: Annotated[
+        str | None,
+        typer.Option(
+            "--batch-callback-url", help="URL POSTed the batch's status when its last job ends"
+        ),
+    ] = None,
 ) -> None:
-    """Store documents and enqueue them. Prints one job id per line (then the batch id)."""
+    """Store documents and enqueue them. Prints one job id per line (then the batch id).
+
+    An s3:// prefix or a --manifest is ingested in bulk: listed lazily, copied inside the
+    storage server, enqueued at PAGEMILL_INGEST_RATE; prints the batch id first and the
+    counts at the end. Submitting the same source again skips every document already
+    queued, running or succeeded with the same options."""
     from app import jobs
-    from app.schemas import MAX_BATCH_NAME, check_name
+    from app.schemas import MAX_BATCH_NAME, check_callback_url, check_name
     from app.submit import check_broker, submit_file
 
+    paths = paths or []
+    bulk = manifest is not None or any(p.startswith("s3://") for p in paths)
+    if bulk and (len(paths) + (manifest is not None) != 1 or wait):
+        console.print(
+            "[red]bulk ingestion takes one source (one s3:// prefix or --manifest) and no "
+            "--wait: follow it with `pagemill status BATCH`[/red]"
+        )
+        raise typer.Exit(2)
+    if not paths and manifest is None:
+        console.print("[red]name files, folders, globs, an s3:// prefix or --manifest[/red]")
+        raise typer.Exit(2)
     _ready(migrate=True)
-    options = _options(mode, extract, dpi, password)
+    options = _options(mode, extract, dpi, password, callback_url)
+    if batch_callback_url:
+        try:
+            check_callback_url(batch_callback_url)
+        except ValueError as exc:
+            console.print(f"--batch-callback-url: {exc}", style="red", markup=False)
+            raise typer.Exit(2) from None
     tenant = _tenant(tenant)
-    files = _files(paths)
     try:
         check_name(batch or "", MAX_BATCH_NAME, "--batch")
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+    if bulk:
+        _ingest(paths[0] if paths else None, manifest, batch, options, tenant)
+        return
+    files = _files(paths)
     check_broker()  # an outage ends here, before a batch or job exists
-    batch_id = jobs.create_batch(batch, tenant) if batch or len(files) > 1 else None
+    batch_id = (
+        jobs.create_batch(batch, tenant, batch_callback_url)
+        if batch or len(files) > 1 or batch_callback_url
+        else None
+    )
     ids = []
     for path in files:
         submitted = submit_file(path, batch_id=batch_id, options=options, tenant=tenant)
         ids.append(submitted.job_id)
         print(f"{submitted.job_id}\t{path}")
     if batch_id:
+        jobs.seal_batch(batch_id)
         print(f"batch\t{batch_id}")
     if wait:
         from app.runner import wait_with_progress
@@ -231,6 +287,57 @@ def submit(
         _print_summary(ids)
         if any(state != "succeeded" for state in states.values()):
             raise typer.Exit(1)
+
+
+def _ingest(
+    prefix: str | None, manifest: str | None, name: str | None, options: JobOptions, tenant: str
+) -> None:
+    """Bulk ingestion in this process (app.ingest); Ctrl-C stops it after the chunk it
+    records, and submitting the same source again goes on from there."""
+    import time
+
+    from app import jobs
+    from app.errors import SourceError
+    from app.ingest import Counts, Outcome, ingest_step, start_ingest
+    from app.submit import check_broker
+
+    check_broker()
+    try:
+        batch_id = start_ingest(tenant=tenant, prefix=prefix, manifest=manifest, name=name,
+                                options=options)  # fmt: skip
+    except SourceError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    print(f"batch\t{batch_id}", flush=True)
+    totals = [0, 0, 0]
+    started = time.monotonic()
+
+    def report(counts: Counts) -> None:
+        totals[0] += counts.submitted
+        totals[1] += counts.skipped
+        totals[2] += counts.failed
+        for error in counts.errors:
+            console.print(f"failed: {error}", style="yellow", markup=False, highlight=False)
+        rate = sum(totals) / max(time.monotonic() - started, 1e-6)
+        console.print(
+            f"submitted {totals[0]}, skipped {totals[1]}, failed {totals[2]} "
+            f"({rate:.0f} documents/s)",
+            highlight=False,
+        )
+
+    try:
+        while (outcome := ingest_step(batch_id, report=report)) == Outcome.WAIT:
+            console.print("the cpu queue is full (PAGEMILL_INGEST_MAX_QUEUED): waiting")
+            time.sleep(5)
+    except BaseException:
+        jobs.end_ingest(batch_id, "interrupted: submit the same source again to go on")
+        raise
+    state = jobs.ingest_state(batch_id)
+    print(f"submitted\t{totals[0]}\nskipped\t{totals[1]}\nfailed\t{totals[2]}")
+    if state is not None and state.state == jobs.INGEST_FAILED:
+        console.print(f"[red]ingestion stopped: {state.error}[/red]")
+        raise typer.Exit(1)
+    del outcome
 
 
 @cli.command()
@@ -242,12 +349,15 @@ def status(
     """State, progress, timings and errors of a job or a batch."""
     from app.db import session_scope
     from app.status import ANY_TENANT, batch_out, job_out, load_batch, load_job
+    from app.webhooks import deliveries_of
 
     _ready()
     with session_scope() as session:
         job = load_job(session, ident, ANY_TENANT)
         if job is not None:
-            out = job_out(job, with_pages=pages or as_json)
+            out = job_out(
+                job, with_pages=pages or as_json, webhooks=deliveries_of(session, job_id=ident)
+            )
             if as_json:
                 print(out.model_dump_json(indent=2, by_alias=True))
             else:
@@ -257,7 +367,7 @@ def status(
         if found is None:
             console.print(f"[red]no job or batch {ident}[/red]")
             raise typer.Exit(2)
-        batch = batch_out(found)
+        batch = batch_out(found, webhooks=deliveries_of(session, batch_id=ident))
     if as_json:
         print(batch.model_dump_json(indent=2, by_alias=True))
         return
@@ -266,7 +376,15 @@ def status(
         f"{batch.jobs_by_state}  pages {batch.progress.pages_done}/"
         f"{batch.progress.pages_total if batch.progress.pages_total is not None else '?'}"
     )
+    if batch.ingest is not None:
+        ingest = batch.ingest
+        print(
+            f"ingest    {ingest.source}: {ingest.state}, submitted {ingest.submitted}, "
+            f"skipped {ingest.skipped}, failed {ingest.failed}"
+            + (f" ({ingest.error})" if ingest.error else "")
+        )
     _print_table(batch.jobs)
+    _print_webhooks(batch.webhooks)
 
 
 def _print_job(job: JobOut) -> None:
@@ -282,6 +400,7 @@ def _print_job(job: JobOut) -> None:
         print(f"time      {job.timings.running_seconds:.2f} s")
     if job.error:
         print(f"error     {job.error}")
+    _print_webhooks(job.webhooks)
     for page in job.pages or []:
         if page.error:
             print(f"  page {page.number}: {page.state}: {page.error}")
@@ -290,6 +409,14 @@ def _print_job(job: JobOut) -> None:
                 f"  page {page.number}: {page.state}: its worker stopped (last heartbeat "
                 f"{page.heartbeat_at:%H:%M:%S}); the sweeper sends it again"
             )
+
+
+def _print_webhooks(rows: Sequence[WebhookOut]) -> None:
+    """Every attempt at a callback: when, and what the receiver answered."""
+    for row in rows:
+        outcome = row.error or (f"HTTP {row.status_code}" if row.status_code else "")
+        moment = row.finished_at or row.due_at
+        print(f"webhook   attempt {row.attempt} {row.state} {moment:%H:%M:%S} {outcome}".rstrip())
 
 
 def _print_table(jobs: Sequence[JobOut]) -> None:
@@ -418,6 +545,24 @@ def retry(
     if not plans:
         console.print(f"batch {ident} has nothing to retry")
         raise typer.Exit(1)
+
+
+@cli.command()
+def top(
+    once: Annotated[bool, typer.Option("--once", help="print one frame and exit")] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.2, help="seconds between frames")
+    ] = 2.0,
+) -> None:
+    """A live view: queue depths, workers and what they hold, pages per second over the
+    last minute, recent failures. q or Ctrl-C quits."""
+    from app.top import collect, live, render
+
+    _ready()
+    if once:
+        Console().print(render(collect()))
+        return
+    live(interval)
 
 
 @cli.command()

@@ -29,10 +29,13 @@ class BatchCancel:
 
 
 def cancel_batch(batch_id: str, tenant: str | None = None) -> BatchCancel | None:
-    """Cancels every unfinished job of a batch; None when there is no such batch."""
+    """Cancels every unfinished job of a batch, and stops its ingestion first (so no job
+    is created after); None when there is no such batch."""
     ids = jobs.batch_job_ids(batch_id, tenant)
     if ids is None:
         return None
+    jobs.end_ingest(batch_id, "cancelled")
+    ids = jobs.batch_job_ids(batch_id, tenant) or []
     result = BatchCancel([], [])
     for job_id in ids:
         outcome = cancel_job(job_id, tenant)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import DisconnectionError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.settings import Settings, get_settings
 
 # The newest migration in alembic/versions. tests/test_migrations.py keeps them in step.
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0004"
 
 
 class DatabaseNotReady(RuntimeError):
@@ -52,6 +53,30 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+# A pooled connection unused this long is checked (SELECT 1) before it is handed out; one
+# in steady use is not, which saves a round trip per transaction (pool_pre_ping pings all).
+PING_IDLE_SECONDS = 2.0
+
+
+def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
+    record.info["checked_in"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """A connection that sat idle may have been closed by a database restart: test it, and
+    on failure make the pool discard it and open a fresh one (DisconnectionError)."""
+    checked_in = record.info.get("checked_in")
+    if checked_in is not None and time.monotonic() - checked_in < PING_IDLE_SECONDS:
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT 1")
+        finally:
+            cursor.close()
+        dbapi_connection.rollback()
+    except Exception as exc:
+        raise DisconnectionError(f"stale pooled connection: {exc}") from exc
 
 
 @lru_cache(maxsize=8)
@@ -63,7 +88,9 @@ def engine_for(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        engine = create_engine(url, pool_size=5, max_overflow=10)
+        event.listen(engine, "checkin", _note_checkin)
+        event.listen(engine, "checkout", _ping_if_idle)
     _engines.add(engine)
     return engine
 

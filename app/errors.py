@@ -45,6 +45,11 @@ class DocumentError(PagemillError, ValueError):
     """The document cannot be processed; retrying will not help."""
 
 
+class SourceError(PagemillError, ValueError):
+    """A bulk source (an s3:// prefix or a manifest) cannot be ingested as given: a bucket
+    that does not exist or is not open to the tenant, S3 needed but not configured."""
+
+
 class EngineDead(PagemillError, RuntimeError):
     """The engine stopped working. The worker process exits non-zero so its supervisor
     restarts it; the messages it held go back to the queue."""

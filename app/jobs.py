@@ -13,11 +13,12 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, insert, or_, select, tuple_, update
+from sqlalchemy import Table, bindparam, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy.orm import Session, selectinload
 
-from app import metrics
+from app import metrics, webhooks
 from app.db import session_scope
 from app.errors import WorkHeld
 from app.models import (
@@ -29,16 +30,56 @@ from app.models import (
     PageState,
     Region,
     RegionState,
+    WebhookDelivery,
     utcnow,
 )
 from app.settings import get_settings
 
 _TERMINAL_PAGES = tuple(state for state in PageState if state.terminal)
 _ACTIVE_JOBS = tuple(state for state in JobState if not state.terminal)
+# Region columns a layout row may leave out, so every row of a page has the same keys.
+_REGION_OPTIONAL: dict[str, Any] = {"source": None, "content": None, "image_key": None,
+                                    "engine": None}  # fmt: skip
 
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def _ended(session: Session, job: Job) -> list[WebhookDelivery]:
+    """The notifications a job's end owes, written in the transaction that ended it: its
+    own callback, and its batch's when it was the batch's last job to end. The batch row is
+    locked first, so of two jobs ending at once exactly one sees the batch ended."""
+    owed: list[WebhookDelivery] = []
+    url = (job.options or {}).get("callback_url")
+    if url:
+        owed.append(webhooks.add_notification(session, url=url, tenant=job.tenant, job_id=job.id))
+    if job.batch_id is not None:
+        batch = session.get(Batch, job.batch_id, with_for_update=True)
+        if batch is not None:
+            owed += _batch_ended(session, batch)
+    session.flush()
+    return owed
+
+
+def _batch_ended(session: Session, batch: Batch) -> list[WebhookDelivery]:
+    """The batch's notification, when it has a callback, its submission is complete and
+    none of its jobs is still active. The caller holds the batch row's lock."""
+    if not batch.callback_url or batch.sealed_at is None:
+        return []
+    session.flush()
+    running = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.batch_id == batch.id, Job.state.in_(_ACTIVE_JOBS))
+    )
+    if running:
+        return []
+    return [
+        webhooks.add_notification(
+            session, url=batch.callback_url, tenant=batch.tenant, batch_id=batch.id
+        )
+    ]
 
 
 # -- leases ----------------------------------------------------------------------------
@@ -134,11 +175,25 @@ def release(job_id: str, number: int | None = None, holder: str | None = None) -
 # -- submit ----------------------------------------------------------------------------
 
 
-def create_batch(name: str | None, tenant: str = DEFAULT_TENANT) -> str:
+def create_batch(
+    name: str | None, tenant: str = DEFAULT_TENANT, callback_url: str | None = None
+) -> str:
     batch_id = new_id()
     with session_scope() as session:
-        session.add(Batch(id=batch_id, name=name, tenant=tenant))
+        session.add(Batch(id=batch_id, name=name, tenant=tenant, callback_url=callback_url))
     return batch_id
+
+
+def seal_batch(batch_id: str) -> None:
+    """Marks a batch's submission complete: from now on, the end of its last job is the
+    batch's end (its webhook). Sends that webhook at once when every job has already ended."""
+    with session_scope() as session:
+        batch = session.get(Batch, batch_id, with_for_update=True)
+        if batch is None or batch.sealed_at is not None:
+            return
+        batch.sealed_at = utcnow()
+        owed = [row.id for row in _batch_ended(session, batch)]
+    webhooks.send_deliveries(owed)
 
 
 def create_job(
@@ -189,6 +244,7 @@ def discard_submission(job_ids: Sequence[str], batch_id: str | None = None) -> N
 
 def fail_job(job_id: str, error: str) -> None:
     """Marks a job failed as a whole (the document could not be opened, or was refused)."""
+    owed: list[int] = []
     with session_scope() as session:
         now = utcnow()
         changed = session.execute(  # type: ignore[attr-defined]
@@ -198,8 +254,168 @@ def fail_job(job_id: str, error: str) -> None:
                 state=JobState.FAILED, error=error, finished_at=now, updated_at=now, held_by=None
             )
         ).rowcount
+        job = session.get(Job, job_id) if changed else None
+        if job is not None:
+            owed = [row.id for row in _ended(session, job)]
     if changed:
         metrics.DOCUMENTS.labels(JobState.FAILED.value).inc()
+    webhooks.send_deliveries(owed)
+
+
+# -- bulk ingestion (app/ingest.py) -----------------------------------------------------
+
+INGEST_LISTING, INGEST_DONE, INGEST_FAILED = "listing", "done", "failed"
+# A document with a job in one of these states is not submitted again with the same options.
+_SKIPPED_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.ASSEMBLING, JobState.SUCCEEDED)
+
+
+def create_ingest_batch(name: str | None, tenant: str, source: dict[str, Any]) -> str:
+    batch_id = new_id()
+    with session_scope() as session:
+        session.add(
+            Batch(
+                id=batch_id,
+                name=name,
+                tenant=tenant,
+                source=source,
+                ingest_state=INGEST_LISTING,
+                ingest_cursor="",
+                ingest_updated_at=utcnow(),
+            )
+        )
+    return batch_id
+
+
+@dataclass(frozen=True, slots=True)
+class IngestState:
+    tenant: str
+    source: dict[str, Any]
+    state: str
+    cursor: str
+    error: str | None
+
+
+def ingest_state(batch_id: str) -> IngestState | None:
+    with session_scope() as session:
+        batch = session.get(Batch, batch_id)
+        if batch is None or batch.source is None or batch.ingest_state is None:
+            return None
+        return IngestState(
+            batch.tenant,
+            batch.source,
+            batch.ingest_state,
+            batch.ingest_cursor or "",
+            batch.ingest_error,
+        )
+
+
+def options_key(options: dict[str, Any]) -> str:
+    """Options as compared between submissions: the same values give the same key."""
+    import json
+
+    return json.dumps(options, sort_keys=True, separators=(",", ":"))
+
+
+def submitted_contents(tenant: str, hashes: Iterable[str]) -> set[tuple[str, str]]:
+    """(content hash, options key) of the tenant's jobs for these hashes that are done or in
+    flight: what a re-submission skips. Through the index on (tenant, content_sha256)."""
+    wanted = sorted(set(hashes))
+    if not wanted:
+        return set()
+    with session_scope() as session:
+        rows = session.execute(
+            select(Job.content_sha256, Job.options).where(
+                Job.tenant == tenant,
+                Job.content_sha256.in_(wanted),
+                Job.state.in_(_SKIPPED_STATES),
+            )
+        ).all()
+    return {(sha, options_key(options or {})) for sha, options in rows}
+
+
+def record_ingest_chunk(
+    batch_id: str,
+    *,
+    after: str,
+    cursor: str,
+    jobs: Sequence[dict[str, Any]],
+    skipped: int,
+) -> list[str] | None:
+    """Creates a chunk's jobs (rows with an `error` are created failed) and moves the
+    batch's cursor from `after` to `cursor`, in one transaction. Returns the ids of the
+    queued jobs, whose prepare the caller sends; None when the cursor is no longer at
+    `after` (another delivery of the ingestion recorded this chunk, or it was stopped)."""
+    now = utcnow()
+    queued: list[str] = []
+    failed = 0
+    rows = []
+    for values in jobs:
+        job_id = new_id()
+        error = values.get("error")
+        row = {
+            "id": job_id,
+            "batch_id": batch_id,
+            "state": JobState.FAILED if error else JobState.QUEUED,
+            "attempts": 0,
+            "assemble_attempts": 0,
+            "pages_done": 0,
+            "pages_failed": 0,
+            "created_at": now,
+            "updated_at": now,
+            "finished_at": now if error else None,
+            **values,
+        }
+        rows.append(row)
+        if error:
+            failed += 1
+        else:
+            queued.append(job_id)
+    with session_scope() as session:
+        batch = session.get(Batch, batch_id, with_for_update=True)
+        if (
+            batch is None
+            or batch.ingest_state != INGEST_LISTING
+            or (batch.ingest_cursor or "") != after
+        ):
+            return None
+        if rows:
+            session.execute(insert(Job), rows)
+        batch.ingest_cursor = cursor
+        batch.ingest_submitted += len(queued)
+        batch.ingest_failed += failed
+        batch.ingest_skipped += skipped
+        batch.ingest_updated_at = now
+    if failed:
+        metrics.DOCUMENTS.labels(JobState.FAILED.value).inc(failed)
+    return queued
+
+
+def touch_ingest(batch_id: str) -> bool:
+    """Marks a listing ingestion alive (waiting on a full queue, or sent again by the
+    sweeper), so the sweeper does not send it again before its time; False if it ended."""
+    with session_scope() as session:
+        changed = session.execute(  # type: ignore[attr-defined]
+            update(Batch)
+            .where(Batch.id == batch_id, Batch.ingest_state == INGEST_LISTING)
+            .values(ingest_updated_at=utcnow())
+        ).rowcount
+    return bool(changed)
+
+
+def end_ingest(batch_id: str, error: str | None = None) -> None:
+    """The source is read to its end (or, with an error, cannot be read further)."""
+    with session_scope() as session:
+        session.execute(
+            update(Batch)
+            .where(Batch.id == batch_id, Batch.ingest_state == INGEST_LISTING)
+            .values(
+                ingest_state=INGEST_FAILED if error else INGEST_DONE,
+                ingest_error=error[:4000] if error else None,
+                ingest_updated_at=utcnow(),
+            )
+        )
+    # Whatever ended the reading, no more jobs will join: the batch's end can now be told.
+    seal_batch(batch_id)
 
 
 # -- prepare ---------------------------------------------------------------------------
@@ -281,6 +497,7 @@ def claim_page(job_id: str, number: int) -> Page | None:
         if page.state == PageState.QUEUED:
             page.state = PageState.RUNNING
         _take_lease(page, holder, now)
+        _ = page.job  # loaded in this transaction: the caller reads it without another
         return page
 
 
@@ -333,20 +550,26 @@ def note_job_error(job_id: str, error: str) -> None:
 
 def record_layout(
     job_id: str, number: int, page_values: dict[str, Any], regions: Iterable[dict[str, Any]]
-) -> int:
+) -> int | None:
     """Stores a page's regions (replacing any from an earlier delivery) and returns how many
-    wait for the recognizer."""
+    wait for the recognizer; None when the page has ended (its job was cancelled)."""
     rows = list(regions)
     now = utcnow()
     with session_scope() as session:
         page = session.get(Page, (job_id, number), with_for_update=True)
         if page is None or PageState(page.state).terminal:
-            return 0
+            return None
         session.execute(delete(Region).where(Region.job_id == job_id, Region.page_number == number))
-        for row in rows:
-            session.add(
-                Region(job_id=job_id, page_number=number, tenant=page.tenant, updated_at=now, **row)
-            )
+        if rows:
+            # One multi-row INSERT for the page (rows given the same keys, so they batch).
+            session.execute(
+                insert(Region),
+                [
+                    {**_REGION_OPTIONAL, **row, "job_id": job_id, "page_number": number,
+                     "tenant": page.tenant, "updated_at": now}
+                    for row in rows
+                ],
+            )  # fmt: skip
         pending = sum(1 for row in rows if row.get("state", RegionState.PENDING) == "pending")
         for key, value in page_values.items():
             setattr(page, key, value)
@@ -362,6 +585,7 @@ def record_layout(
 class RecognitionClaim:
     attempts: int
     regions: list[Region]  # the page's regions still waiting for the recognizer
+    job: Job
 
 
 def claim_recognition(job_id: str, number: int) -> RecognitionClaim | None:
@@ -386,7 +610,7 @@ def claim_recognition(job_id: str, number: int) -> RecognitionClaim | None:
                 .order_by(Region.index)
             )
         )
-        return RecognitionClaim(attempts=page.recognize_attempts, regions=regions)
+        return RecognitionClaim(attempts=page.recognize_attempts, regions=regions, job=page.job)
 
 
 def record_region_results(job_id: str, number: int, results: Iterable[dict[str, Any]]) -> None:
@@ -397,16 +621,28 @@ def record_region_results(job_id: str, number: int, results: Iterable[dict[str, 
         page = session.get(Page, (job_id, number), with_for_update=True)
         if page is None or PageState(page.state).terminal:
             return  # cancelled (or given up) while the engine worked: keep nothing
-        for result in results:
-            values = {k: v for k, v in result.items() if k != "index"}
-            session.execute(
-                update(Region)
+        # One statement run with every region's values (executemany), not a round trip
+        # per region; rows are grouped by the columns they set.
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for row in results:
+            groups.setdefault(tuple(k for k in row if k != "index"), []).append(row)
+        table = cast(Table, Region.__table__)
+        for columns, rows in groups.items():
+            statement = (
+                update(table)
                 .where(
-                    Region.job_id == job_id,
-                    Region.page_number == number,
-                    Region.index == result["index"],
+                    table.c.job_id == job_id,
+                    table.c.page_number == number,
+                    table.c.index == bindparam("b_index"),
                 )
-                .values(updated_at=now, attempts=Region.attempts + 1, **values)
+                .values(
+                    updated_at=now,
+                    attempts=table.c.attempts + 1,
+                    **{key: bindparam(f"b_{key}") for key in columns},
+                )
+            )
+            session.connection().execute(
+                statement, [{f"b_{key}": row[key] for key in ("index", *columns)} for row in rows]
             )
 
 
@@ -528,6 +764,7 @@ def begin_assemble(job_id: str) -> Job | None:
     out; WorkHeld (not counted) when a live holder is assembling it."""
     holder, now = holder_id(), utcnow()
     max_attempts = get_settings().task_max_attempts
+    owed: list[int] = []
     with session_scope() as session:
         job = session.get(Job, job_id, with_for_update=True)
         if job is None or not job.awaiting_assembly:
@@ -540,13 +777,20 @@ def begin_assemble(job_id: str) -> Job | None:
             job.state = JobState.FAILED
             job.finished_at = job.updated_at = now
             job.held_by = None
-            return None
-        if job.state != JobState.ASSEMBLING:
-            job.state = JobState.ASSEMBLING
-        _take_lease(job, holder, now)
-        for page in job.pages:
-            _ = page.regions  # loaded inside the session, read after it
-        return job
+            owed = [row.id for row in _ended(session, job)]
+            job = None
+        else:
+            if job.state != JobState.ASSEMBLING:
+                job.state = JobState.ASSEMBLING
+            _take_lease(job, holder, now)
+            # Pages and their regions in two queries (not one per page), read after the session.
+            session.scalars(
+                select(Job)
+                .where(Job.id == job_id)
+                .options(selectinload(Job.pages).selectinload(Page.regions))
+            ).one()
+    webhooks.send_deliveries(owed)
+    return job
 
 
 def finish_job(job_id: str, markdown_key: str | None, json_key: str | None) -> JobState:
@@ -570,7 +814,9 @@ def finish_job(job_id: str, markdown_key: str | None, json_key: str | None) -> J
         job.finished_at = job.updated_at = utcnow()
         job.held_by = None
         final = JobState(job.state)
+        owed = [row.id for row in _ended(session, job)]
     metrics.DOCUMENTS.labels(final.value).inc()
+    webhooks.send_deliveries(owed)
     return final
 
 
@@ -609,7 +855,9 @@ def cancel_job(job_id: str, tenant: str | None = None) -> CancelOutcome | None:
         job.updated_at = now
         job.held_by = None
         outcome = CancelOutcome(changed=True, state=JobState.CANCELLED, tenant=job.tenant)
+        owed = [row.id for row in _ended(session, job)]
     metrics.DOCUMENTS.labels(JobState.CANCELLED.value).inc()
+    webhooks.send_deliveries(owed)
     return outcome
 
 

@@ -114,18 +114,42 @@ class RegionSource(StrEnum):
 
 class Batch(Base):
     __tablename__ = "batches"
+    # The sweeper finds ingestions that stopped moving (app/sweeper.py).
+    __table_args__ = (Index("ix_batches_ingest", "ingest_state", "ingest_updated_at"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT, index=True)
     name: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    # POSTed (app.webhooks) when every job of the batch has ended, once its submission is
+    # complete (sealed_at): a batch whose first jobs end while later ones are still being
+    # submitted has not ended.
+    callback_url: Mapped[str | None] = mapped_column(String(2048))
+    sealed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+    # Bulk ingestion (app/ingest.py): the source (an s3:// prefix or a manifest), how far
+    # it has been read (the last key, or the manifest's byte offset and line), and counts.
+    # The cursor moves in the same transaction as the jobs it created, so a restarted
+    # ingestion goes on exactly after the last chunk it recorded.
+    source: Mapped[dict[str, Any] | None] = mapped_column()
+    ingest_state: Mapped[str | None] = mapped_column(String(16))  # listing | done | failed
+    ingest_cursor: Mapped[str | None] = mapped_column(Text)
+    ingest_submitted: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    ingest_skipped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    ingest_failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    ingest_error: Mapped[str | None] = mapped_column(Text)
+    ingest_updated_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
     jobs: Mapped[list[Job]] = relationship(back_populates="batch", order_by="Job.created_at")
 
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_state_created", "state", "created_at"),)
+    __table_args__ = (
+        Index("ix_jobs_state_created", "state", "created_at"),
+        # Re-submission finds a document's jobs by its content (app/ingest.py).
+        Index("ix_jobs_tenant_sha256", "tenant", "content_sha256"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT, index=True)
@@ -248,6 +272,46 @@ class Region(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"  # due at due_at; its message is on its way
+    SENDING = "sending"  # a worker is POSTing it now
+    DELIVERED = "delivered"  # the receiver answered 2xx
+    FAILED = "failed"  # this attempt failed; the next attempt is its own row
+    GAVE_UP = "gave_up"  # the last attempt failed, or the URL was refused: no more
+
+
+class WebhookDelivery(Base):
+    """One attempt at notifying a job's or batch's callback_url that it ended. The first
+    attempt is written in the same transaction as the state change that ended it, so a
+    notification cannot be lost between the commit and its message (the sweeper re-sends
+    pending ones). All attempts of one notification share its event_id, which the receiver
+    gets as X-Pagemill-Delivery to drop duplicates."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_state_due", "state", "due_at"),
+        Index("ix_webhook_deliveries_job", "job_id"),
+        Index("ix_webhook_deliveries_batch", "batch_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(32))
+    tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
+    # Exactly one of job_id and batch_id: what ended.
+    job_id: Mapped[str | None] = mapped_column(String(32))
+    batch_id: Mapped[str | None] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(String(2048))
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    state: Mapped[DeliveryState] = mapped_column(
+        state_column(DeliveryState), default=DeliveryState.PENDING
+    )
+    due_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 class ApiKey(Base):

@@ -18,6 +18,8 @@ PREPARE = "pagemill.prepare"
 PAGE = "pagemill.page"
 RECOGNIZE = "pagemill.recognize"
 ASSEMBLE = "pagemill.assemble"
+INGEST = "pagemill.ingest"  # app.ingest: reads a bulk source a slice at a time
+WEBHOOK = "pagemill.webhook"  # app.webhooks: one attempt at a callback
 SWEEP = "pagemill.sweep"  # app.sweeper, on its own queue: never behind a deep cpu queue
 
 CPU_QUEUE = "cpu"
@@ -28,7 +30,9 @@ ROUTES: dict[str, str] = {
     PREPARE: CPU_QUEUE,
     PAGE: CPU_QUEUE,
     ASSEMBLE: CPU_QUEUE,
+    INGEST: CPU_QUEUE,
     RECOGNIZE: GPU_QUEUE,
+    WEBHOOK: CPU_QUEUE,
 }
 
 
@@ -103,12 +107,15 @@ def get_celery() -> Celery:
     return make_celery()
 
 
-def send(name: str, *args: Any, retry_seconds: float = 0.0) -> None:
+def send(name: str, *args: Any, retry_seconds: float = 0.0, countdown: float | None = None) -> None:
     """Enqueue a task by name on its queue. With retry_seconds, keeps trying about once a
     second for that long while the broker is unreachable (workers ride through a broker
-    restart; the API answers at once). BrokerUnavailable when it could not be sent."""
+    restart; the API answers at once). With countdown, it runs no sooner than that many
+    seconds from now. BrokerUnavailable when it could not be sent."""
     queue = ROUTES[name]
     options: dict[str, Any] = {}
+    if countdown is not None:
+        options["countdown"] = countdown
     if retry_seconds > 0:
         options["retry_policy"] = {
             "max_retries": max(1, round(retry_seconds)),

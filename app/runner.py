@@ -152,6 +152,7 @@ def run_documents(
             processes = _start_workers(cpu_workers, gpu_workers)
         batch_id = jobs.create_batch(f"run {out}")
         submitted = {submit_file(p, batch_id=batch_id, options=options).job_id: p for p in files}
+        jobs.seal_batch(batch_id)
         console.print(f"{len(files)} documents submitted as batch {batch_id}")
         wait_with_progress(list(submitted), console, on_idle=lambda: _check_alive(processes))
         stop(processes, idle=True)

@@ -30,6 +30,30 @@ def check_name(value: str, limit: int, what: str) -> str:
     return value
 
 
+MAX_URL = 2048
+
+
+def check_callback_url(value: str) -> str:
+    """`value` if it is an absolute http(s) URL with a host, else ValueError. Where it may
+    point (no private addresses by default) is checked when it is called: app.webhooks."""
+    from urllib.parse import urlsplit
+
+    if len(value) > MAX_URL:
+        raise ValueError(f"callback_url is longer than {MAX_URL} characters")
+    if _CONTROL.search(value) or " " in value:
+        raise ValueError("callback_url contains spaces or control characters")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (raises on a port that is no number)
+    except ValueError:
+        raise ValueError("callback_url is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("callback_url must be an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("callback_url must not carry credentials")
+    return value
+
+
 class JobOptions(BaseModel):
     """Per-job choices a submitter may make; unset fields take the settings' defaults."""
 
@@ -41,6 +65,17 @@ class JobOptions(BaseModel):
     # it encrypted in jobs.password_ciphertext (app/passwords.py). No length rule: a
     # validation error would print the value.
     password: SecretStr | None = Field(default=None, exclude=True)
+    # POSTed with the job's status when the job ends (app.webhooks).
+    callback_url: str | None = None
+
+    @field_validator("callback_url", mode="before")
+    @classmethod
+    def _callback(cls, value: Any) -> str | None:
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise ValueError("callback_url must be a string")
+        return check_callback_url(value)
 
     @field_validator("extract", mode="before")
     @classmethod
@@ -96,6 +131,20 @@ class ResultLinks(BaseModel):
     model_config = {"populate_by_name": True}
 
 
+class WebhookOut(BaseModel):
+    """One attempt at a callback: what the receiver answered, or why it failed."""
+
+    event_id: str
+    attempt: int
+    state: str
+    url: str
+    due_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    status_code: int | None
+    error: str | None
+
+
 class JobOut(BaseModel):
     id: str
     batch_id: str | None
@@ -109,6 +158,7 @@ class JobOut(BaseModel):
     timings: Timings
     result: ResultLinks | None
     pages: list[PageOut] | None = None
+    webhooks: list[WebhookOut] = Field(default_factory=list)
 
 
 class BatchOut(BaseModel):
@@ -119,12 +169,70 @@ class BatchOut(BaseModel):
     jobs_by_state: dict[str, int]
     progress: Progress
     created_at: datetime
+    callback_url: str | None = None
     jobs: list[JobOut]
+    ingest: IngestOut | None = None
+    webhooks: list[WebhookOut] = Field(default_factory=list)
+
+
+class IngestOut(BaseModel):
+    """A bulk ingestion's progress: `listing` while the source is read, then `done`, or
+    `failed` with the reason (what it had submitted stays)."""
+
+    source: str
+    state: Literal["listing", "done", "failed"]
+    submitted: int
+    skipped: int  # already queued, running or succeeded with the same options
+    failed: int  # refused before processing (unreadable, too large, bad manifest line)
+    error: str | None
+
+
+class ManifestEntry(BaseModel):
+    """One document of an inline manifest (one line of a JSONL manifest)."""
+
+    source: str = Field(max_length=2048, description="s3://BUCKET/KEY")
+    filename: str | None = Field(default=None, max_length=MAX_FILENAME, pattern=NAME_PATTERN)
+    options: dict[str, Any] | None = None
+
+
+class BatchIn(BaseModel):
+    """A batch ingested in the background from one source: an s3:// prefix, a JSONL
+    manifest's s3:// key, or manifest entries inline."""
+
+    name: str | None = Field(default=None, max_length=MAX_BATCH_NAME, pattern=NAME_PATTERN)
+    source: str | None = Field(default=None, max_length=2048, description="s3://BUCKET/PREFIX")
+    manifest: str | None = Field(default=None, max_length=2048, description="s3://BUCKET/KEY")
+    entries: list[ManifestEntry] | None = Field(default=None, max_length=10_000)
+    options: JobOptions | None = None
 
 
 class SubmitOut(BaseModel):
     batch_id: str | None
     jobs: list[JobOut]
+
+
+class JobSnapshot(BaseModel):
+    """The data of a job's server-sent event."""
+
+    id: str
+    state: str
+    pages_total: int | None
+    pages_done: int
+    pages_failed: int
+    error: str | None
+
+
+class BatchSnapshot(BaseModel):
+    """The data of a batch's server-sent event."""
+
+    id: str
+    state: str
+    jobs_total: int
+    jobs_ended: int
+    jobs_by_state: dict[str, int]
+    pages_total: int | None
+    pages_done: int
+    pages_failed: int
 
 
 class ErrorOut(BaseModel):
@@ -137,6 +245,10 @@ class ErrorOut(BaseModel):
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "no valid API key (Authorization: Bearer KEY)"}
 }
+
+
+class CallerOut(BaseModel):
+    tenant: str
 
 
 class Health(BaseModel):

@@ -76,9 +76,50 @@ class Settings(BaseSettings):
     # before it gives up its delivery (the message goes back; the sweeper is the net).
     send_retry_seconds: float = 30.0
 
+    # -- bulk ingestion (`pagemill submit s3://...`, --manifest, POST /v1/batches) --------
+    # Documents one ingestion enqueues per second at most (0: no limit).
+    ingest_rate: float = Field(default=200.0, ge=0)
+    # Ingestion pauses while the cpu queue holds more messages than this (0: never pauses).
+    ingest_max_queued: int = Field(default=5_000, ge=0)
+    # Documents one ingestion reads (hashes) and copies at once: the work is waiting on S3.
+    ingest_threads: int = Field(default=8, ge=1, le=64)
+    # Documents recorded per transaction (their jobs and the ingestion's cursor together).
+    ingest_chunk: int = Field(default=100, ge=1, le=10_000)
+    # The `ingest` task works this long, then sends itself again to go on where it stopped.
+    ingest_slice_seconds: float = Field(default=60.0, gt=0)
+    # Source buckets each tenant may ingest from through the API, e.g.
+    # '{"acme": ["acme-scans"]}' (read with the S3 credentials above). The CLI, an
+    # operator's tool, may name any bucket but pagemill's own.
+    ingest_buckets: dict[str, list[str]] = Field(default_factory=dict)
+    # -- webhooks (a job's or batch's callback_url) -------------------------------------
+    # Key of the HMAC-SHA256 signature on every delivery (X-Pagemill-Signature); without
+    # it deliveries go out unsigned. Never logged.
+    webhook_secret: SecretStr | None = None
+    webhook_max_attempts: int = Field(default=8, ge=1)  # then the delivery is given up
+    # Retries wait webhook_backoff_seconds * 2**(attempt-1), at most the maximum, with jitter.
+    webhook_backoff_seconds: float = 5.0
+    webhook_backoff_max_seconds: float = 600.0
+    webhook_timeout_seconds: float = 10.0  # per attempt: connect, send and the answer
+    # Callback URLs resolving to private, loopback or link-local addresses are refused (a
+    # callback must not reach into the network pagemill runs in); true allows them.
+    webhook_allow_private: bool = False
+    # A delivery still waiting this long after it was due lost its message: the sweeper
+    # sends it again.
+    webhook_resend_after_seconds: float = 60.0
+
+    # -- server-sent events (GET /v1/jobs/{id}/events) -----------------------------------
+    events_poll_seconds: float = 1.0  # how often a stream reads its job's or batch's row
+    events_heartbeat_seconds: float = 15.0  # a comment line when nothing changed this long
+    # A stream ends after this long (the client reconnects with Last-Event-ID and misses
+    # nothing), so no connection outlives a deploy or a proxy's idle limit by much.
+    events_max_seconds: float = 300.0
+
     # -- render and layout -------------------------------------------------------------
     render_dpi: int = 200
     render_max_pixels: int = 40_000_000  # a page is rendered smaller if it would exceed this
+    # Each rendered page is also kept as a JPEG this many pixels on its longest side, for
+    # the web page (GET /v1/jobs/{id}/pages/{n}/image); 0 keeps none.
+    page_image_max_side: int = Field(default=1200, ge=0, le=10_000)
     layout_engine: Literal["rapid", "paddlex", "transformers"] = "rapid"
     layout_min_score: float = 0.35
     crop_margin: int = 8
@@ -87,6 +128,13 @@ class Settings(BaseSettings):
     # With several worker processes per machine, 1 avoids them fighting over the cores.
     onnx_threads: int = 0
     text_mode: Literal["auto", "ocr", "text"] = "auto"
+    # Text lines are detected once per page (rapidocr's detection model, in the page task):
+    # lines that no layout region holds become text regions, so no text is dropped, and
+    # rapidocr recognizes each region's lines without detecting them again. Off: regions
+    # are read as the layout model found them.
+    line_detection: bool = True
+    # Longer side, in pixels, the page is scaled to for line detection.
+    line_detection_side: int = 1280
     # Overrides of the label → task table (workers.labels.DEFAULT_ROUTES), e.g.
     # PAGEMILL_LABEL_ROUTES='{"header": "text"}'.
     label_routes: dict[str, RouteName] = Field(default_factory=dict)
@@ -162,7 +210,13 @@ class Settings(BaseSettings):
     # `pagemill flower`: user:password[,user:password...] (or --basic-auth-file).
     flower_basic_auth: SecretStr | None = None
 
-    @field_validator("label_routes", "vllm_engine_args", "vllm_limit_mm_per_prompt", mode="before")
+    @field_validator(
+        "label_routes",
+        "vllm_engine_args",
+        "vllm_limit_mm_per_prompt",
+        "ingest_buckets",
+        mode="before",
+    )
     @classmethod
     def _parse_json(cls, value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value

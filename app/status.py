@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from app.models import Batch, Job, JobState, utcnow
-from app.schemas import BatchOut, JobOut, PageOut, Progress, ResultLinks, Timings
+from app.models import Batch, Job, JobState, WebhookDelivery, utcnow
+from app.schemas import (
+    BatchOut,
+    IngestOut,
+    JobOut,
+    PageOut,
+    Progress,
+    ResultLinks,
+    Timings,
+    WebhookOut,
+)
 from app.settings import get_settings
 
 
@@ -20,7 +30,27 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     return round((end - start).total_seconds(), 3)
 
 
-def job_out(job: Job, *, with_pages: bool = False, link_base: str = "") -> JobOut:
+def webhook_out(row: WebhookDelivery) -> WebhookOut:
+    return WebhookOut(
+        event_id=row.event_id,
+        attempt=row.attempt,
+        state=row.state,
+        url=row.url,
+        due_at=row.due_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        status_code=row.status_code,
+        error=row.error,
+    )
+
+
+def job_out(
+    job: Job,
+    *,
+    with_pages: bool = False,
+    link_base: str = "",
+    webhooks: Sequence[WebhookDelivery] = (),
+) -> JobOut:
     total = job.pages_total
     if JobState(job.state).terminal:
         percent = 100.0
@@ -75,6 +105,7 @@ def job_out(job: Job, *, with_pages: bool = False, link_base: str = "") -> JobOu
         ]
         if with_pages
         else None,
+        webhooks=[webhook_out(row) for row in webhooks],
     )
 
 
@@ -97,7 +128,9 @@ def batch_state(states: Counter[str]) -> str:
     return JobState.PARTIAL
 
 
-def batch_out(batch: Batch, *, link_base: str = "") -> BatchOut:
+def batch_out(
+    batch: Batch, *, link_base: str = "", webhooks: Sequence[WebhookDelivery] = ()
+) -> BatchOut:
     jobs = [job_out(job, link_base=link_base) for job in batch.jobs]
     states = Counter(job.state for job in jobs)
     totals = [j.progress.pages_total for j in jobs]
@@ -107,7 +140,8 @@ def batch_out(batch: Batch, *, link_base: str = "") -> BatchOut:
     return BatchOut(
         id=batch.id,
         name=batch.name,
-        state=batch_state(states),
+        # Still running while its source is being read, even when every job so far ended.
+        state="running" if batch.ingest_state == "listing" else batch_state(states),
         jobs_total=len(jobs),
         jobs_by_state=dict(states),
         progress=Progress(
@@ -117,7 +151,25 @@ def batch_out(batch: Batch, *, link_base: str = "") -> BatchOut:
             percent=round(100.0 * finished / len(jobs), 1) if jobs else 100.0,
         ),
         created_at=batch.created_at,
+        callback_url=batch.callback_url,
         jobs=jobs,
+        ingest=_ingest_out(batch),
+        webhooks=[webhook_out(row) for row in webhooks],
+    )
+
+
+def _ingest_out(batch: Batch) -> IngestOut | None:
+    if batch.source is None or batch.ingest_state is None:
+        return None
+    source = batch.source
+    where = source.get("prefix") or source.get("manifest")
+    return IngestOut(
+        source=where or f"{len(source.get('entries') or [])} entries",
+        state=batch.ingest_state,  # type: ignore[arg-type]
+        submitted=batch.ingest_submitted,
+        skipped=batch.ingest_skipped,
+        failed=batch.ingest_failed,
+        error=batch.ingest_error,
     )
 
 

@@ -8,16 +8,19 @@ Writing the same key twice is harmless, which keeps tasks idempotent.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from app.errors import PagemillError
 from app.errors import StorageError as StorageError  # re-exported: its old home
 from app.settings import Settings, get_settings
 
@@ -70,6 +73,11 @@ def crops_key(tenant: str, job_id: str, page_number: int) -> str:
 def result_key(tenant: str, job_id: str, name: str) -> str:
     """A result object: `document.md`, `document.json`, or `images/<file>` as linked."""
     return f"{_tenant(tenant)}/results/{job_id}/{name}"
+
+
+def page_image_key(tenant: str, job_id: str, page_number: int) -> str:
+    """The page as rendered, scaled down, for the web page: a result, kept after assembly."""
+    return result_key(tenant, job_id, f"pages/page-{page_number:05d}.jpg")
 
 
 def image_link(page_number: int, index: int) -> str:
@@ -158,6 +166,38 @@ class LocalStorage:
 
 
 # -- S3 --------------------------------------------------------------------------------
+
+# CopyObject copies at most 5 GiB; a larger object is copied in parts of this size.
+COPY_OBJECT_LIMIT = 5 * 1024**3
+COPY_PART_BYTES = 512 * 1024**2
+
+
+class UnreadableObject(PagemillError):
+    """A source object (bulk ingestion) that these credentials cannot read: missing,
+    denied, or changed since it was read. Its document fails; the rest go on."""
+
+
+_REFUSAL_TEXT = {
+    "NoSuchKey": "no such object",
+    "NoSuchBucket": "no such bucket",
+    "404": "not found",
+    "NotFound": "not found",
+    "AccessDenied": "access denied",
+    "403": "access denied",
+    "Forbidden": "access denied",
+    "PreconditionFailed": "the object changed while it was read; submit it again",
+    "412": "the object changed while it was read; submit it again",
+    "InvalidObjectState": "the object is archived (restore it first)",
+    "InvalidRange": "InvalidRange",
+}
+_OBJECT_REFUSALS = frozenset(_REFUSAL_TEXT)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceObject:
+    chunks: Iterator[bytes]
+    etag: str
+    size: int  # of the part read (from the offset on)
 
 
 class S3Storage:
@@ -253,6 +293,125 @@ class S3Storage:
                 self._call(
                     self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": objects}
                 )
+
+    # -- reading a customer's bucket (bulk ingestion) --------------------------------------
+
+    def _source_call(
+        self, what: str, fn: Callable[..., Any], missing: str = "not found", **kwargs: Any
+    ) -> Any:
+        """A call on a source object: a refusal that concerns that object (missing, denied,
+        changed) is an UnreadableObject for its document; an outage stays a StorageError."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(**kwargs)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _OBJECT_REFUSALS:
+                text = _REFUSAL_TEXT.get(code, code)
+                if code in ("404", "NotFound"):  # HEAD answers carry no error code
+                    text = missing
+                raise UnreadableObject(f"{what}: {text}") from None
+            raise StorageError(f"S3 {code}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"S3 unreachable: {exc}") from exc
+
+    def bucket_problem(self, bucket: str) -> str | None:
+        """Why `bucket` cannot be read with these credentials, or None when it can."""
+        try:
+            self._source_call(
+                f"bucket {bucket}", self.client.head_bucket, "no such bucket", Bucket=bucket
+            )
+        except UnreadableObject as exc:
+            return str(exc)
+        return None
+
+    def object_problem(self, bucket: str, key: str) -> str | None:
+        """Why the object cannot be read with these credentials, or None when it can."""
+        try:
+            self._source_call(
+                f"s3://{bucket}/{key}", self.client.head_object, "no such object",
+                Bucket=bucket, Key=key,
+            )  # fmt: skip
+        except UnreadableObject as exc:
+            return str(exc)
+        return None
+
+    def list_objects(
+        self, bucket: str, prefix: str, start_after: str = ""
+    ) -> Iterator[tuple[str, int]]:
+        """(key, size) of every object under `prefix` after `start_after`, in key order, a
+        page of the listing at a time: a million keys are never held together."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        args: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        if start_after:
+            args["StartAfter"] = start_after
+        pages = iter(paginator.paginate(**args, PaginationConfig={"PageSize": 1000}))
+        while True:
+            page = self._source_call(f"listing s3://{bucket}/{prefix}", lambda: next(pages, None))
+            if page is None:
+                return
+            for item in page.get("Contents", []):
+                yield item["Key"], int(item["Size"])
+
+    def open_object(self, bucket: str, key: str, offset: int = 0) -> SourceObject:
+        """A source object's bytes from `offset` on, as a stream."""
+        extra = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            response = self._source_call(
+                f"s3://{bucket}/{key}", self.client.get_object, Bucket=bucket, Key=key, **extra
+            )
+        except UnreadableObject as exc:
+            if offset and "InvalidRange" in str(exc):  # read to its end already
+                return SourceObject(iter(()), "", offset)
+            raise
+        body = response["Body"]
+        return SourceObject(
+            body.iter_chunks(1 << 20), response.get("ETag", ""), int(response["ContentLength"])
+        )
+
+    def copy_in(self, bucket: str, key: str, etag: str, size: int, dest: str) -> None:
+        """Copies a source object to `dest` inside the storage server (the bytes never pass
+        through this process), only if it is still the version read (`etag`). Above
+        CopyObject's 5 GiB limit, as a multipart copy."""
+        source = {"Bucket": bucket, "Key": key}
+        what = f"s3://{bucket}/{key}"
+        target = {"Bucket": self.bucket, "Key": self._key(dest)}
+        if size <= COPY_OBJECT_LIMIT:
+            self._source_call(
+                what,
+                self.client.copy_object,
+                CopySource=source,
+                CopySourceIfMatch=etag,
+                **target,
+            )
+            return
+        upload = self._call(self.client.create_multipart_upload, **target)["UploadId"]
+        try:
+            parts = []
+            for number, start in enumerate(range(0, size, COPY_PART_BYTES), start=1):
+                end = min(size, start + COPY_PART_BYTES) - 1
+                part = self._source_call(
+                    what,
+                    self.client.upload_part_copy,
+                    CopySource=source,
+                    CopySourceIfMatch=etag,
+                    CopySourceRange=f"bytes={start}-{end}",
+                    PartNumber=number,
+                    UploadId=upload,
+                    **target,
+                )
+                parts.append({"PartNumber": number, "ETag": part["CopyPartResult"]["ETag"]})
+            self._call(
+                self.client.complete_multipart_upload,
+                UploadId=upload,
+                MultipartUpload={"Parts": parts},
+                **target,
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.client.abort_multipart_upload(UploadId=upload, **target)
+            raise
 
     def url(self, key: str, expires_seconds: int = 3600) -> str | None:
         return str(

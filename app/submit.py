@@ -179,13 +179,18 @@ def submit_streams(
     options: JobOptions | None,
     tenant: str,
     settings: Settings | None = None,
+    batch_callback_url: str | None = None,
 ) -> tuple[str | None, list[str]]:
     """One request's uploads (already validated) as jobs, and as a batch when there are
     several or a name: all of them or, after an error, none (the error is raised)."""
     settings = settings or get_settings()
     check_broker()
     get_storage(settings)  # reaches the storage: an outage fails here, before any row
-    batch_id = jobs.create_batch(batch_name, tenant) if len(uploads) > 1 or batch_name else None
+    batch_id = (
+        jobs.create_batch(batch_name, tenant, batch_callback_url)
+        if len(uploads) > 1 or batch_name or batch_callback_url
+        else None
+    )
     ids: list[str] = []
     try:
         for source, filename in uploads:
@@ -198,6 +203,8 @@ def submit_streams(
                 settings=settings,
             )
             ids.append(submitted.job_id)
+        if batch_id is not None:
+            jobs.seal_batch(batch_id)
     except BaseException:
         _discard(ids, batch_id)
         raise

@@ -12,8 +12,11 @@ database on a schedule and re-sends by name (app.queue.send):
   is empty (so its message cannot be in the broker; work waiting in a deep queue is left);
 - jobs whose pages are all finished but that are not assembled after
   PAGEMILL_ASSEMBLY_GRACE_SECONDS (with the cpu queue empty);
+- bulk ingestions that recorded nothing for PAGEMILL_STUCK_AFTER_SECONDS (see _ingestions);
 - everything waiting, at once, when the broker lost its data: the sweeper keeps a marker key
-  in Redis, and a marker that has vanished means the queues went with it.
+  in Redis, and a marker that has vanished means the queues went with it;
+- webhook attempts still pending PAGEMILL_WEBHOOK_RESEND_AFTER_SECONDS after they were due,
+  or taken by a worker that never finished them (app.webhooks.lost_deliveries).
 
 A re-sent row gets a new updated_at, so it is not sent again before its time is up again; a
 duplicate message is harmless (a live holder's work is dropped, finished work is a no-op).
@@ -34,19 +37,21 @@ from typing import Any
 
 from sqlalchemy import or_, select
 
-from app import jobs
+from app import jobs, webhooks
 from app.db import session_scope
 from app.errors import TransientError, translate
-from app.models import Job, JobState, Page, PageState, utcnow
+from app.models import Batch, Job, JobState, Page, PageState, utcnow
 from app.queue import (
     ASSEMBLE,
     CPU_QUEUE,
     GPU_QUEUE,
+    INGEST,
     PAGE,
     PREPARE,
     RECOGNIZE,
     SWEEP,
     SWEEPER_QUEUE,
+    WEBHOOK,
     get_celery,
     send,
 )
@@ -111,7 +116,11 @@ class Sweeper:
             self.recover_before = now
         counts: Counter[str] = Counter()
         self._dead_holders(now, counts)
+        self._ingestions(now, counts)
         waiting = self._waiting(now, depth, counts)
+        for delivery_id in webhooks.lost_deliveries(self.settings, LIMIT):
+            send(WEBHOOK, delivery_id)
+            counts["webhooks_resent"] += 1
         if self.recover_before is not None and not waiting:
             self.recover_before = None
         if counts:
@@ -180,6 +189,28 @@ class Sweeper:
             elif jobs.mark_resent(job_ids=[job_id]):
                 send(ASSEMBLE if assembling else PREPARE, job_id)
                 counts["assemble_resent" if assembling else "prepare_resent"] += 1
+
+    def _ingestions(self, now: datetime, counts: Counter[str]) -> None:
+        """Bulk ingestions (app/ingest.py) that recorded nothing for stuck_after_seconds: a
+        task's is sent again (it goes on from its cursor; a duplicate finds the cursor moved
+        and stops); a `pagemill submit`'s process is gone, so it ends, saying how to go on."""
+        stuck = now - timedelta(seconds=self.settings.stuck_after_seconds)
+        with session_scope() as session:
+            rows = session.execute(
+                select(Batch.id, Batch.source)
+                .where(Batch.ingest_state == jobs.INGEST_LISTING, Batch.ingest_updated_at < stuck)
+                .limit(LIMIT)
+            ).all()
+        for batch_id, source in rows:
+            if (source or {}).get("runner") == "cli":
+                jobs.end_ingest(
+                    batch_id, "interrupted: its `pagemill submit` stopped; submit the same "
+                    "source again to go on (what is done or queued is skipped)",
+                )  # fmt: skip
+                counts["ingest_ended"] += 1
+            elif jobs.touch_ingest(batch_id):
+                send(INGEST, batch_id)
+                counts["ingest_resent"] += 1
 
     def _waiting(self, now: datetime, depth: dict[str, int], counts: Counter[str]) -> int:
         """Re-sends waiting work nothing holds whose message cannot be in the broker."""

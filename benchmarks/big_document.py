@@ -33,9 +33,10 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def write_pdf(path: Path, pages: int) -> int:
+def write_pdf(path: Path, pages: int, tag: str = "") -> int:
     """An N-page PDF written streaming: per page a content stream and a page object; the
-    page tree's Kids list is written last. Returns the file size."""
+    page tree's Kids list is written last. `tag` goes into every page's line (documents of
+    different content). Returns the file size."""
     offsets: list[int] = []  # object number - 1 → byte offset
     first_page = 4  # 1 catalog, 2 pages, 3 font, then page/content pairs
     with path.open("wb") as f:
@@ -52,8 +53,8 @@ def write_pdf(path: Path, pages: int) -> int:
         obj(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
         for number in range(1, pages + 1):
             content = zlib.compress(
-                b"BT /F1 14 Tf 72 720 Td (Page %d of %d: one short line of text.) Tj ET"
-                % (number, pages)
+                b"BT /F1 14 Tf 72 720 Td (Page %d of %d: one short line of text%s.) Tj ET"
+                % (number, pages, tag.encode())
             )
             obj(
                 b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents %d 0 R "

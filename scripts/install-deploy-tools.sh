@@ -12,6 +12,6 @@ if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
-apt-get install -y -qq docker-compose >/dev/null 2>&1 \
-  || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq docker-compose >/dev/null; }
+apt-get -o DPkg::Lock::Timeout=600 install -y -qq docker-compose >/dev/null 2>&1 \
+  || { apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null 2>&1 && apt-get -o DPkg::Lock::Timeout=600 install -y -qq docker-compose >/dev/null; }
 echo "installed $(docker-compose version --short 2>/dev/null || echo docker-compose)"

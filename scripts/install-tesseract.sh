@@ -12,6 +12,6 @@ if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 # shellcheck disable=SC2086
-apt-get install -y -qq $PACKAGES >/dev/null 2>&1 \
-  || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $PACKAGES >/dev/null; }
+apt-get -o DPkg::Lock::Timeout=600 install -y -qq $PACKAGES >/dev/null 2>&1 \
+  || { apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null 2>&1 && apt-get -o DPkg::Lock::Timeout=600 install -y -qq $PACKAGES >/dev/null; }
 echo "installed tesseract $(tesseract --version 2>&1 | head -1)"

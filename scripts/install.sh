@@ -20,8 +20,8 @@ fi
 if ! ls /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq fonts-noto-cjk >/dev/null 2>&1 \
-      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq fonts-noto-cjk >/dev/null; }
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq fonts-noto-cjk >/dev/null 2>&1 \
+      || { apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null 2>&1 && apt-get -o DPkg::Lock::Timeout=600 install -y -qq fonts-noto-cjk >/dev/null; }
   else
     echo "warning: fonts-noto-cjk is not installed; CJK pages with non-embedded fonts" \
          "will render without their glyphs" >&2

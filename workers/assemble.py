@@ -74,6 +74,7 @@ def document_json(*, job_id: str, filename: str, pages: Sequence[AssemblyPage]) 
                 "state": page.state,
                 "error": page.error,
                 "text_layer": page.text_layer,
+                "markdown": page_markdown(page),
                 "regions": [_region_json(region, page) for region in page.regions],
             }
             for page in pages
@@ -125,6 +126,13 @@ def document_markdown(pages: Sequence[AssemblyPage]) -> str:
             blocks.append(f"<!-- page {page.number} failed: {_comment_safe(page.error)} -->")
         blocks.extend(_page_blocks(page))
     return _join_blocks(blocks)
+
+
+def page_markdown(page: AssemblyPage) -> str:
+    """One page's markdown, as document_markdown writes it between its page markers (no
+    word is re-joined across pages: a marker stands between them)."""
+    blocks = _page_blocks(page)
+    return _join_blocks(blocks) if blocks else ""
 
 
 def _page_blocks(page: AssemblyPage) -> list[str]:

@@ -4,14 +4,17 @@ one storage round trip, not one per region."""
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+Quad = tuple[tuple[float, float], ...]
 
-def crop_region(image: np.ndarray, bbox: Sequence[float], margin: int) -> np.ndarray:
-    """The region's pixels plus `margin` on every side, clamped to the page."""
+
+def crop_bounds(image: np.ndarray, bbox: Sequence[float], margin: int) -> tuple[int, int, int, int]:
+    """The pixel bounds (x0, y0, x1, y1) of the region plus `margin`, clamped to the page."""
     height, width = image.shape[:2]
     x0 = max(0, int(bbox[0]) - margin)
     y0 = max(0, int(bbox[1]) - margin)
@@ -19,7 +22,30 @@ def crop_region(image: np.ndarray, bbox: Sequence[float], margin: int) -> np.nda
     y1 = min(height, int(np.ceil(bbox[3])) + margin)
     if x1 <= x0 or y1 <= y0:
         raise ValueError(f"empty crop for bbox {list(bbox)}")
+    return x0, y0, x1, y1
+
+
+def crop_region(image: np.ndarray, bbox: Sequence[float], margin: int) -> np.ndarray:
+    """The region's pixels plus `margin` on every side, clamped to the page."""
+    x0, y0, x1, y1 = crop_bounds(image, bbox, margin)
     return np.ascontiguousarray(image[y0:y1, x0:x1])
+
+
+def crop_with_lines(
+    image: np.ndarray, bbox: Sequence[float], quads: Sequence[Quad], margin: int
+) -> tuple[np.ndarray, list[Quad]]:
+    """The region's crop grown to hold its text lines whole, and the lines in the crop's
+    pixels."""
+    points = [p for quad in quads for p in quad]
+    box = (
+        min([bbox[0], *(p[0] for p in points)]),
+        min([bbox[1], *(p[1] for p in points)]),
+        max([bbox[2], *(p[0] for p in points)]),
+        max([bbox[3], *(p[1] for p in points)]),
+    )
+    x0, y0, x1, y1 = crop_bounds(image, box, margin)
+    moved = [tuple((x - x0, y - y0) for x, y in quad) for quad in quads]
+    return np.ascontiguousarray(image[y0:y1, x0:x1]), moved
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -40,12 +66,18 @@ def decode_image(data: bytes) -> np.ndarray:
     return np.asarray(image)
 
 
-def bundle_crops(crops: Mapping[int, np.ndarray]) -> bytes:
-    """A ZIP of PNGs named by region index (stored, not deflated: PNG is compressed)."""
+def bundle_crops(
+    crops: Mapping[int, np.ndarray], lines: Mapping[int, Sequence[Quad]] | None = None
+) -> bytes:
+    """A ZIP of PNGs named by region index (stored, not deflated: PNG is compressed), with
+    each region's text lines (quads in its crop's pixels) beside it when they are known."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
         for index, crop in crops.items():
             archive.writestr(f"{index:04d}.png", encode_png(crop))
+        for index, quads in (lines or {}).items():
+            rounded = [[[round(x, 1), round(y, 1)] for x, y in quad] for quad in quads]
+            archive.writestr(f"{index:04d}.lines.json", json.dumps(rounded))
     return buffer.getvalue()
 
 
@@ -54,4 +86,18 @@ def unbundle_crops(data: bytes) -> dict[int, np.ndarray]:
         return {
             int(name.split(".", 1)[0]): decode_image(archive.read(name))
             for name in archive.namelist()
+            if name.endswith(".png")
+        }
+
+
+def unbundle_lines(data: bytes) -> dict[int, list[Quad]]:
+    """The text lines of each region that has them (see bundle_crops)."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return {
+            int(name.split(".", 1)[0]): [
+                tuple((float(x), float(y)) for x, y in quad)
+                for quad in json.loads(archive.read(name))
+            ]
+            for name in archive.namelist()
+            if name.endswith(".lines.json")
         }

@@ -94,6 +94,15 @@ MAX_ABANDONED_LINES = 4
 MAX_ABANDONED_AREA_SHARE = 0.06
 
 
+# A region kept as an image (figure, chart) whose detected text lines cover more than this
+# share of its area is text the layout model took for a figure (a code listing, a table
+# drawn without rules): it is read as text. Real figures' labels cover about a tenth.
+MAX_IMAGE_TEXT_SHARE = 0.25
+# The labels that guard applies to: pictures by nature. A text label an operator routes to
+# `skip` (keep text as images) is a choice, not a mistake, and stays as routed.
+_PICTURE_LABELS = frozenset(("image", "chart"))
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     task: RecognitionTask
@@ -105,10 +114,21 @@ def route_region(
     routes: Mapping[str, RecognitionTask],
     page_width: float,
     page_height: float,
+    text_share: float = 0.0,
 ) -> Route:
     """The region's task by its label, except that an abandoned label on a region larger
-    than such regions ever are is read as text (see MAX_ABANDONED_LINES)."""
+    than such regions ever are is read as text (see MAX_ABANDONED_LINES), and so is an image
+    region mostly covered by text lines (`text_share`, see MAX_IMAGE_TEXT_SHARE)."""
     task = routes[region.label]
+    if (
+        task == RecognitionTask.SKIP
+        and region.label in _PICTURE_LABELS
+        and text_share > MAX_IMAGE_TEXT_SHARE
+    ):
+        return Route(
+            RecognitionTask.TEXT,
+            f"read as text: text lines cover {text_share:.0%} of this {region.label} region",
+        )
     if task != RecognitionTask.ABANDON or page_width <= 0 or page_height <= 0:
         return Route(task)
     x0, y0, x1, y1 = region.bbox

@@ -24,11 +24,20 @@ from app.storage import (
     get_storage,
     image_link,
     original_key,
+    page_image_key,
     result_key,
     work_prefix,
 )
 from workers import assemble
-from workers.crops import bundle_crops, crop_region, encode_png, unbundle_crops
+from workers.crops import (
+    Quad,
+    bundle_crops,
+    crop_region,
+    crop_with_lines,
+    encode_png,
+    unbundle_crops,
+    unbundle_lines,
+)
 from workers.documents import (
     PDF,
     DocumentError,
@@ -47,7 +56,8 @@ from workers.engines.types import (
     RecognitionTask,
 )
 from workers.labels import route_region, routing_table
-from workers.reading_order import arrange_page
+from workers.lines import TextLine, line_share, place_lines
+from workers.previews import page_image
 
 log = logging.getLogger(__name__)
 
@@ -180,14 +190,15 @@ def process_page(job_id: str, number: int, settings: Settings) -> list[Message]:
         return _finish_page(
             job_id, number, error=f"gave up after {page.attempts - 1} attempts: {reason}"
         )
-    job = jobs.get_job(job_id)
-    assert job is not None
+    job = page.job
     logs.bind(tenant=job.tenant)
     try:
         pending = _layout_page(job, number, settings)
     except DocumentError as exc:
         return _finish_page(job_id, number, error=str(exc))
-    _drop_if_cancelled(job_id, settings)  # cancelled while this page was rendered
+    if pending is None:  # the page ended (its job cancelled) while it was rendered
+        _drop_if_cancelled(job_id, settings)
+        return _assemble_if_ready(job_id)
     if pending:
         return [(RECOGNIZE, (job_id, number))]
     return _finish_page(job_id, number)
@@ -209,8 +220,9 @@ class PageOptions:
         )
 
 
-def _layout_page(job: Job, number: int, settings: Settings) -> int:
-    """Does a page's cpu work and records it; returns how many regions need recognition."""
+def _layout_page(job: Job, number: int, settings: Settings) -> int | None:
+    """Does a page's cpu work and records it; returns how many regions need recognition,
+    None when the page had ended meanwhile (cancelled) and nothing was recorded."""
     options = PageOptions.of(job, settings)
     storage = get_storage(settings)
     path = fetch_original(job.tenant, job.content_sha256, settings)
@@ -233,8 +245,15 @@ def _layout_page(job: Job, number: int, settings: Settings) -> int:
     metrics.observe("render", render_ms / 1000)
     image = rendered.image
     height, width = image.shape[:2]
+    if settings.page_image_max_side:
+        storage.put(
+            page_image_key(job.tenant, job.id, number),
+            page_image(image, settings.page_image_max_side),
+            "image/jpeg",
+        )
 
     layout_ms = 0.0
+    held: list[list[TextLine]] = []
     if options.extract:
         regions = [
             LayoutRegion(label="page", bbox=(0.0, 0.0, float(width), float(height)), score=1.0)
@@ -249,10 +268,18 @@ def _layout_page(job: Job, number: int, settings: Settings) -> int:
                 f"too many regions: layout found {len(found)} (the limit is "
                 f"{settings.max_regions_per_page}, PAGEMILL_MAX_REGIONS_PER_PAGE)"
             )
-        regions = arrange_page(found, width, height, first_page=number == 1)
         layout_ms = (time.perf_counter() - started) * 1000
-        layout_name = f"{engine.name}/{engine.version}"
         metrics.observe("layout", layout_ms / 1000)
+        layout_name = f"{engine.name}/{engine.version}"
+        started = time.perf_counter()
+        detector = registry.line_detector(settings)
+        lines = detector.detect(image) if detector is not None else []
+        regions, held = place_lines(found, lines, width, height, first_page=number == 1)
+        if detector is None:
+            held = []  # not looked for: the recognizer finds each crop's lines itself
+        else:
+            metrics.observe("lines", time.perf_counter() - started)
+            layout_name += f"+{detector.name}"
 
     started = time.perf_counter()
     text_layer, texts = _text_layer(
@@ -263,8 +290,10 @@ def _layout_page(job: Job, number: int, settings: Settings) -> int:
     routes = routing_table(settings.label_routes)
     rows: list[dict[str, Any]] = []
     crops = {}
+    lines_of: dict[int, list[Quad]] = {}
     for index, region in enumerate(regions):
-        route = None if options.extract else route_region(region, routes, width, height)
+        share = line_share(region.bbox, held[index]) if held else 0.0
+        route = None if options.extract else route_region(region, routes, width, height, share)
         task = route.task.value if route else EXTRACT
         row: dict[str, Any] = {
             "index": index,
@@ -286,12 +315,18 @@ def _layout_page(job: Job, number: int, settings: Settings) -> int:
             row.update(source=RegionSource.IMAGE, image_key=key)
         elif text is not None:
             row.update(source=RegionSource.TEXT_LAYER, content=text, engine="pdfium-text-layer")
+        elif held:
+            crops[index], lines_of[index] = crop_with_lines(
+                image, region.bbox, [line.quad for line in held[index]], settings.crop_margin
+            )
+            row["state"] = RegionState.PENDING
         else:
             crops[index] = crop_region(image, region.bbox, settings.crop_margin)
             row["state"] = RegionState.PENDING
         rows.append(row)
     if crops:
-        storage.put(crops_key(job.tenant, job.id, number), bundle_crops(crops), "application/zip")
+        bundle = bundle_crops(crops, lines_of)
+        storage.put(crops_key(job.tenant, job.id, number), bundle, "application/zip")
     page_values = {
         "dpi": rendered.dpi,
         "width_px": width,
@@ -304,6 +339,8 @@ def _layout_page(job: Job, number: int, settings: Settings) -> int:
     started = time.perf_counter()
     pending = jobs.record_layout(job.id, number, page_values, rows)
     metrics.observe("record", time.perf_counter() - started)
+    if pending is None:
+        return None
     log.info(
         "laid out: %d regions, %d to recognize (render %.0f ms, layout %.0f ms, %s)",
         len(rows),
@@ -360,17 +397,18 @@ def recognize_page(job_id: str, number: int, settings: Settings) -> list[Message
         )
     if not claim.regions:
         return _finish_page(job_id, number)
-    job = jobs.get_job(job_id)
-    assert job is not None
+    job = claim.job
     logs.bind(tenant=job.tenant)
     template = (job.options or {}).get("extract")
-    crops = unbundle_crops(get_storage(settings).get(crops_key(job.tenant, job_id, number)))
+    bundle = get_storage(settings).get(crops_key(job.tenant, job_id, number))
+    crops, lines = unbundle_crops(bundle), unbundle_lines(bundle)
     requests = [
         RecognitionRequest(
             key=str(region.index),
             image=crops[region.index],
             task=RecognitionTask.TEXT if region.task == EXTRACT else RecognitionTask(region.task),
             template=template if region.task == EXTRACT else None,
+            lines=lines.get(region.index),
         )
         for region in claim.regions
     ]

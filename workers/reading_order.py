@@ -24,8 +24,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from workers.engines.types import LayoutRegion
-
-Box = tuple[float, float, float, float]
+from workers.geometry import Box, box_area, overlap
 
 # Running heads at the top of the page, read before the body.
 TOP_LABELS = frozenset({"header", "header_image"})
@@ -58,20 +57,10 @@ _GUTTER_SHARE = 0.15
 # -- geometry ---------------------------------------------------------------------------
 
 
-def _area(b: Box) -> float:
-    return max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
-
-
-def _intersection(a: Box, b: Box) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    return w * h if w > 0 and h > 0 else 0.0
-
-
 def iou(a: Box, b: Box) -> float:
     """Intersection over union of two boxes (0 when either is empty)."""
-    inter = _intersection(a, b)
-    union = _area(a) + _area(b) - inter
+    inter = overlap(a, b)
+    union = box_area(a) + box_area(b) - inter
     return inter / union if union > 0 else 0.0
 
 
@@ -125,8 +114,8 @@ def suppress_duplicates(
                 break
             if r.label != other.label:
                 continue
-            inter = _intersection(r.bbox, other.bbox)
-            small = min(_area(r.bbox), _area(other.bbox))
+            inter = overlap(r.bbox, other.bbox)
+            small = min(box_area(r.bbox), box_area(other.bbox))
             if small > 0 and inter / small >= containment:
                 union = (
                     min(r.bbox[0], other.bbox[0]),
@@ -152,12 +141,12 @@ def _drop_nested_in_blocks(
     blocks = [r for r in regions if r.label in BLOCK_LABELS]
     kept = []
     for r in regions:
-        area = _area(r.bbox)
+        area = box_area(r.bbox)
         inside = any(
             b is not r
             and r.label not in BLOCK_LABELS
             and area > 0
-            and _intersection(r.bbox, b.bbox) / area >= containment
+            and overlap(r.bbox, b.bbox) / area >= containment
             for b in blocks
         )
         if not inside:
@@ -347,7 +336,7 @@ def _column_of(box: Box, columns: Sequence[tuple[float, float]]) -> int:
     return best
 
 
-def _crosses_gutter(box: Box, columns: Sequence[tuple[float, float]]) -> bool:
+def crosses_gutter(box: Box, columns: Sequence[tuple[float, float]]) -> bool:
     """True when the box reaches over a gutter into a neighbouring column."""
     if len(columns) < 2:
         return False
@@ -365,7 +354,7 @@ def _column_order(
     bottom = sorted((r for r in regions if _is_bottom(r, page_height)), key=_pos_key)
     body = [r for r in regions if not _is_top(r, page_height) and not _is_bottom(r, page_height)]
     columns = detect_columns([r.bbox for r in body], page_width)
-    spanning = sorted((r for r in body if _crosses_gutter(r.bbox, columns)), key=_pos_key)
+    spanning = sorted((r for r in body if crosses_gutter(r.bbox, columns)), key=_pos_key)
     span_ids = {id(r) for r in spanning}
     rest = [r for r in body if id(r) not in span_ids]
 

@@ -33,9 +33,10 @@ from celery.signals import (
     worker_process_shutdown,
 )
 
-from app import jobs, logs, metrics
+from app import jobs, logs, metrics, webhooks
 from app.errors import EngineDead, TransientError, WorkHeld, translate
-from app.queue import ASSEMBLE, PAGE, PREPARE, RECOGNIZE, get_celery, send
+from app.ingest import Outcome, ingest_step
+from app.queue import ASSEMBLE, INGEST, PAGE, PREPARE, RECOGNIZE, WEBHOOK, get_celery, send
 from app.settings import get_settings
 from workers import pipeline
 
@@ -218,6 +219,51 @@ def assemble(self: Task, job_id: str) -> None:
     )
 
 
+@celery_app.task(name=INGEST, **TASK_OPTIONS)
+def ingest(self: Task, batch_id: str) -> None:
+    """Reads a slice of a bulk source (app.ingest), then sends itself again to go on from
+    the cursor the slice recorded; a redelivery after a crash goes on from there too."""
+    settings = get_settings()
+    try:
+        try:
+            outcome = ingest_step(batch_id, settings, seconds=settings.ingest_slice_seconds)
+            if outcome in (Outcome.MORE, Outcome.WAIT):
+                wait = 10.0 if outcome == Outcome.WAIT else None
+                send(INGEST, batch_id, retry_seconds=settings.send_retry_seconds, countdown=wait)
+        except Exception as raw:
+            raise translate(raw) from raw
+    except TransientError as exc:
+        log.warning("transient error in %s, retrying: %s", self.name, exc)
+        metrics.RETRIES.labels(type(exc).__name__).inc()
+        _retry(self, exc)
+    except Exception as exc:
+        log.exception("%s failed", self.name)
+        metrics.ERRORS.labels(type(exc).__name__).inc()
+        jobs.end_ingest(batch_id, f"{type(exc).__name__}: {exc}")
+
+
+@celery_app.task(name=WEBHOOK, **TASK_OPTIONS)
+def webhook(self: Task, delivery_id: int) -> None:
+    """One attempt at a callback (app.webhooks); a failed one sends the next, delayed by its
+    backoff. Its attempts are counted in the database, so an outage of the database or the
+    broker only delays it (retried like any task), and the sweeper re-sends a lost one."""
+    try:
+        following = webhooks.deliver(delivery_id)
+        if following is not None:
+            send(
+                WEBHOOK,
+                following.delivery_id,
+                countdown=following.delay,
+                retry_seconds=get_settings().send_retry_seconds,
+            )
+    except Exception as raw:
+        exc = translate(raw)
+        if not isinstance(exc, TransientError):
+            raise
+        log.warning("webhook %s: %s, retrying", delivery_id, exc)
+        _retry(self, exc)
+
+
 EXIT_ENGINE_DEAD = 3
 
 
@@ -252,6 +298,10 @@ def _preload(**_: Any) -> None:
             layout = registry.layout_engine(settings)
             layout.warmup()
             log.info("layout engine %s/%s is warm", layout.name, layout.version)
+            lines = registry.line_detector(settings)
+            if lines is not None:
+                lines.warmup()
+                log.info("line detector %s/%s is warm", lines.name, lines.version)
     except Exception:
         # Celery only logs errors in signal handlers; a worker without a working engine
         # must not report ready and take messages.

@@ -18,7 +18,7 @@ from sqlalchemy.exc import TimeoutError as DatabasePoolTimeout
 
 from app.api import RETRY_AFTER_SECONDS
 from app.api.deps import tenant_of
-from app.api.routes import batches, health, jobs, metrics
+from app.api.routes import batches, health, jobs, me, metrics, web
 from app.db import require_migrated
 from app.errors import (
     BrokerUnavailable,
@@ -48,6 +48,8 @@ app.include_router(jobs.router)
 app.include_router(batches.router)
 app.include_router(health.router)
 app.include_router(metrics.router)
+app.include_router(me.router)
+app.include_router(web.router)
 
 
 @app.middleware("http")

@@ -401,8 +401,17 @@ def test_api_names_a_refused_database_password_not_a_missing_schema(
 @pytest.fixture(scope="module")
 def fuzz_env(stack_env: dict[str, str]) -> dict[str, str]:
     """The session's stack with a broker of its own and no workers: the fuzzed jobs stay
-    queued and cost nothing. API keys are on, as in production."""
-    return {**stack_env, **services.broker_env("fuzz")}
+    queued and cost nothing. API keys are on, as in production; a key for document
+    passwords is set, as production needs one. An event stream of a queued job would never
+    end: here it ends after two seconds (as it does after five minutes by default)."""
+    from cryptography.fernet import Fernet
+
+    return {
+        **stack_env,
+        **services.broker_env("fuzz"),
+        "PAGEMILL_SECRET_KEY": Fernet.generate_key().decode(),
+        "PAGEMILL_EVENTS_MAX_SECONDS": "2",
+    }
 
 
 @pytest.fixture(scope="module")

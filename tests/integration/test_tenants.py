@@ -36,15 +36,6 @@ def _pagemill(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess
     )
 
 
-def _create_key(env: Mapping[str, str], tenant: str, name: str) -> str:
-    """A key made by `pagemill keys create`, which prints it (and only it) on stdout."""
-    done = _pagemill(env, "keys", "create", "--tenant", tenant, "--name", name)
-    assert done.returncode == 0, done.stderr
-    key = done.stdout.strip()
-    assert re.fullmatch(r"pm_[A-Za-z0-9_-]{32}", key), done.stdout
-    return key
-
-
 @pytest.fixture(scope="module")
 def base_url(
     stack_env: dict[str, str], stack_workers: object, tmp_path_factory: pytest.TempPathFactory
@@ -56,7 +47,7 @@ def base_url(
 @pytest.fixture(scope="module")
 def keys(stack_env: dict[str, str]) -> dict[str, str]:
     return {
-        tenant: _create_key(stack_env, tenant, f"{tenant} test key")
+        tenant: services.cli_key(stack_env, tenant, f"{tenant} test key")
         for tenant in ("acme", "globex")
     }
 
@@ -111,6 +102,7 @@ def _routes_with_ids(client: httpx.Client) -> list[tuple[str, str]]:
 
 def _fill(path: str, ident: str) -> str:
     path = path.replace("{job_id}", ident).replace("{batch_id}", ident)
+    path = path.replace("{number}", "1")  # a page number
     return re.sub(r"\{[^}]+\}", "page-00001-region-0000.png", path)  # e.g. an image's name
 
 
@@ -189,7 +181,7 @@ def test_an_upload_without_a_key_is_refused_before_its_body_is_read(base_url: st
 def test_a_revoked_key_is_refused(
     stack_env: dict[str, str], base_url: str, acme_batch: dict[str, Any]
 ) -> None:
-    key = _create_key(stack_env, "acme", "to revoke")
+    key = services.cli_key(stack_env, "acme", "to revoke")
     job_id = acme_batch["jobs"][0]["id"]
     with _client(base_url, key) as client:
         assert client.get(f"/v1/jobs/{job_id}").status_code == 200
@@ -215,7 +207,7 @@ def test_last_use_is_written_at_most_once_a_minute(
     from app.models import ApiKey
 
     services.configure(stack_env)
-    key = _create_key(stack_env, "acme", "last use")
+    key = services.cli_key(stack_env, "acme", "last use")
 
     def last_used() -> object:
         with session_scope() as session:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -383,6 +384,23 @@ def api_key(env: Mapping[str, str], tenant: str = "default", name: str = "tests"
     from app.keys import create_key
 
     return create_key(tenant, name).key
+
+
+def cli_key(env: Mapping[str, str], tenant: str, name: str) -> str:
+    """A key made as an operator makes one, by `pagemill keys create`, which prints it (and
+    only it) on stdout."""
+    pagemill = str(Path(sys.executable).parent / "pagemill")
+    done = subprocess.run(
+        [pagemill, "keys", "create", "--tenant", tenant, "--name", name],
+        env=process_env(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    key = done.stdout.strip()
+    assert re.fullmatch(r"pm_[A-Za-z0-9_-]{32}", key), done.stdout
+    return key
 
 
 def bearer(key: str) -> dict[str, str]:

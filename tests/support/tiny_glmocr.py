@@ -17,11 +17,11 @@ is reused. CLI: `python -m tests.support.tiny_glmocr OUT`.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from tests.support.model_cache import cached_build
 
 # Bump when anything below changes what is written.
 RECIPE_VERSION = "5"
@@ -97,16 +97,6 @@ HEADS = 2  # text head_dim 32; partial rotary 0.5 -> 8 rotary pairs = sum(mrope_
 
 def _recipe() -> dict[str, Any]:
     return {"recipe": RECIPE_VERSION, "seed": SEED, "hidden": HIDDEN}
-
-
-def _is_built(folder: Path) -> bool:
-    stamp = folder / STAMP
-    if not stamp.is_file():
-        return False
-    try:
-        return bool(json.loads(stamp.read_text()) == _recipe())
-    except (OSError, json.JSONDecodeError):
-        return False
 
 
 def _train_tokenizer() -> Any:
@@ -280,23 +270,7 @@ def tiny_settings(model: Path, data_dir: Path, **overrides: Any) -> Any:
 
 def build_tiny_glmocr(out_dir: Path) -> Path:
     """Builds (or reuses) the tiny model in `out_dir` and returns the folder."""
-    out_dir = Path(out_dir)
-    if _is_built(out_dir):
-        return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Build next to the target and swap in, so a concurrent or interrupted build never
-    # leaves a half-written folder that looks finished.
-    work = Path(tempfile.mkdtemp(prefix=".tiny_glmocr-", dir=out_dir.parent))
-    try:
-        _build(work)
-        (work / STAMP).write_text(json.dumps(_recipe()))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        work.rename(out_dir)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
-    return out_dir
+    return cached_build(out_dir, STAMP, _recipe(), _build)
 
 
 def main(argv: list[str] | None = None) -> int:

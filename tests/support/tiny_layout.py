@@ -19,12 +19,11 @@ CLI: `python -m tests.support.tiny_layout OUT [tiny|default]`.
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from tests.support.model_cache import cached_build
 
 RECIPE_VERSION = "1"
 STAMP = "tiny_layout.json"
@@ -34,13 +33,6 @@ SIZES = ("tiny", "default")
 
 def _recipe(size: str) -> dict[str, Any]:
     return {"recipe": RECIPE_VERSION, "seed": SEED, "size": size}
-
-
-def _is_built(folder: Path, size: str) -> bool:
-    try:
-        return bool(json.loads((folder / STAMP).read_text()) == _recipe(size))
-    except (OSError, json.JSONDecodeError):
-        return False
 
 
 def _config(size: str) -> Any:
@@ -104,23 +96,7 @@ def build_tiny_layout(out_dir: Path, size: str = "tiny") -> Path:
     """Builds (or reuses) the model in `out_dir` and returns the folder."""
     if size not in SIZES:
         raise ValueError(f"size is one of {SIZES}")
-    out_dir = Path(out_dir)
-    if _is_built(out_dir, size):
-        return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Built beside the target and swapped in: a concurrent or interrupted build never
-    # leaves a half-written folder that looks finished.
-    work = Path(tempfile.mkdtemp(prefix=".tiny_layout-", dir=out_dir.parent))
-    try:
-        _build(work, size)
-        (work / STAMP).write_text(json.dumps(_recipe(size)))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        work.rename(out_dir)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
-    return out_dir
+    return cached_build(out_dir, STAMP, _recipe(size), lambda folder: _build(folder, size))
 
 
 def main(argv: list[str] | None = None) -> int:

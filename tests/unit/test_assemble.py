@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from app.storage import relink_images
@@ -255,3 +257,20 @@ def test_json_region_fields() -> None:
         "truncated": True,
     }
     assert document["pages"][0]["dpi"] == 200.0
+
+
+def test_each_page_carries_its_own_markdown() -> None:
+    """The JSON's per-page markdown (what the web page shows beside the page image) is the
+    document's markdown between that page's markers, and a page with nothing to read has
+    none."""
+    pages = [
+        page(1, region(0, "doc_title", "Annual report"), region(1, "text", "It rained a lot.")),
+        page(2, region(0, "header", "running head", task="abandon")),
+        page(3, region(0, "text", "It kept rain-"), region(1, "text", "ing in May.")),
+    ]
+    markdown = document_markdown(pages)
+    document = document_json(job_id="j", filename="f.pdf", pages=pages)
+    per_page = [p["markdown"] for p in document["pages"]]
+    assert per_page == ["# Annual report\n\nIt rained a lot.\n", "", "It kept raining in May.\n"]
+    between_markers = [part.strip() for part in re.split(r"<!-- page \d+ -->", markdown)[1:]]
+    assert [p.strip() for p in per_page] == between_markers

@@ -77,3 +77,25 @@ def test_bundle_round_trip_is_lossless() -> None:
 
 def test_empty_bundle() -> None:
     assert unbundle_crops(bundle_crops({})) == {}
+
+
+def test_crop_with_lines_grows_to_hold_its_lines_whole() -> None:
+    from workers.crops import crop_with_lines
+
+    image = _page(200, 400)
+    # The layout box cuts the line's last characters off at x=150.
+    line = ((20.0, 50.0), (180.0, 50.0), (180.0, 70.0), (20.0, 70.0))
+    crop, quads = crop_with_lines(image, [30, 40, 150, 80], [line], margin=4)
+    np.testing.assert_array_equal(crop, image[36:84, 16:184])
+    assert quads == [((4.0, 14.0), (164.0, 14.0), (164.0, 34.0), (4.0, 34.0))]
+
+
+def test_bundle_carries_each_regions_lines() -> None:
+    from workers.crops import unbundle_lines
+
+    crops = {0: _page(20, 30), 3: _page(10, 40)}
+    lines = {3: [((1.0, 2.0), (30.0, 2.0), (30.0, 8.0), (1.0, 8.0))]}
+    data = bundle_crops(crops, lines)
+    assert set(unbundle_crops(data)) == {0, 3}
+    assert unbundle_lines(data) == lines
+    assert unbundle_lines(bundle_crops(crops)) == {}

@@ -30,7 +30,7 @@ from app.settings import Settings
 from tests.support import services
 
 ROOT = Path(__file__).resolve().parents[2]
-TABLES = {"api_keys", "batches", "jobs", "pages", "regions"}
+TABLES = {"api_keys", "batches", "jobs", "pages", "regions", "webhook_deliveries"}
 
 
 @pytest.fixture(autouse=True)

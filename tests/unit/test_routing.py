@@ -129,3 +129,26 @@ def test_real_pages_lose_only_their_margins() -> None:
     assert len(pages) >= 10
     shares = {pdf.stem: _abandoned_share(pdf, engine) for pdf in pages}
     assert max(shares.values()) <= 0.03, shares
+
+
+def test_an_image_region_full_of_text_lines_is_read_as_text() -> None:
+    """A code listing or a ruled-less table taken for a figure is read; a real figure, whose
+    labels cover about a tenth of it, stays an image."""
+    from workers.labels import MAX_IMAGE_TEXT_SHARE
+
+    figure = _region("image", 200, 300, 1500, 1200)
+    routes = routing_table()
+    assert route_region(figure, routes, W, H, text_share=0.1).task == RecognitionTask.SKIP
+    route = route_region(figure, routes, W, H, text_share=MAX_IMAGE_TEXT_SHARE + 0.05)
+    assert route.task == RecognitionTask.TEXT
+    assert route.note and "text lines cover" in route.note
+
+
+def test_text_an_operator_routes_to_skip_stays_an_image() -> None:
+    """`text: skip` is the operator's choice (keep text as pictures), not a layout mistake:
+    however much of the region text lines cover, it is not sent to recognition."""
+    paragraph = _region("text", 200, 300, 1500, 1200)
+    routes = routing_table({"text": "skip"})
+    route = route_region(paragraph, routes, W, H, text_share=0.9)
+    assert route.task == RecognitionTask.SKIP
+    assert route.note is None

@@ -9,8 +9,9 @@ import numpy as np
 
 from app.errors import EngineDead, EngineUnavailable
 from workers.engines.types import LayoutRegion, RecognitionRequest, RecognitionResult
+from workers.lines import TextLine
 
-__all__ = ["EngineDead", "EngineUnavailable", "LayoutEngine", "Recognizer"]
+__all__ = ["EngineDead", "EngineUnavailable", "LayoutEngine", "LineDetector", "Recognizer"]
 
 
 class LayoutEngine(Protocol):
@@ -36,6 +37,21 @@ class LayoutEngine(Protocol):
     def close(self) -> None:
         """Release the model (and stop the engine's thread, if it has one)."""
         ...
+
+
+class LineDetector(Protocol):
+    name: str
+    version: str
+
+    def detect(self, image: np.ndarray) -> list[TextLine]:
+        """Text lines of one page image (BGR), in its pixels."""
+        ...
+
+    def warmup(self) -> None: ...
+
+    def healthy(self) -> bool: ...
+
+    def close(self) -> None: ...
 
 
 class Recognizer(Protocol):

@@ -6,7 +6,7 @@ import threading
 from typing import Any
 
 from app.settings import Settings
-from workers.engines.base import LayoutEngine, Recognizer
+from workers.engines.base import LayoutEngine, LineDetector, Recognizer
 
 _lock = threading.Lock()
 _engines: dict[str, Any] = {}
@@ -32,6 +32,22 @@ def layout_engine(settings: Settings) -> LayoutEngine:
         return engine
 
 
+def line_detector(settings: Settings) -> LineDetector | None:
+    """The page-level text-line detector, or None when line detection is off."""
+    if not settings.line_detection:
+        return None
+    with _lock:
+        engine = _engines.get("lines")
+        if engine is None:
+            from workers.engines.lines_rapidocr import RapidOcrLineDetector
+
+            engine = RapidOcrLineDetector(
+                threads=settings.onnx_threads, max_side=settings.line_detection_side
+            )
+            _engines["lines"] = engine
+        return engine
+
+
 def recognizer(settings: Settings) -> Recognizer:
     with _lock:
         engine = _engines.get("recognizer")
@@ -39,6 +55,16 @@ def recognizer(settings: Settings) -> Recognizer:
             engine = build_recognizer(settings)
             _engines["recognizer"] = engine
         return engine
+
+
+def install(kind: str, engine: LayoutEngine | Recognizer) -> None:
+    """Puts an engine built by the caller in place of the one settings would choose (the
+    benchmarks' no-cost engines, in their own worker entry point). Deliberately not a
+    setting: no configuration a user can make reaches an engine installed here."""
+    if kind not in ("layout", "recognizer"):
+        raise ValueError(f"unknown engine kind {kind!r}: layout or recognizer")
+    with _lock:
+        _engines[kind] = engine
 
 
 def build_recognizer(settings: Settings) -> Recognizer:

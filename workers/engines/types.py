@@ -40,6 +40,9 @@ class RecognitionRequest:
     task: RecognitionTask
     # Information extraction: a JSON template; the engine fills it instead of reading text.
     template: str | None = None
+    # The text lines found in the page, as quads in this image's pixels (None: not looked
+    # for). A line recognizer reads them instead of detecting lines again; others ignore it.
+    lines: list[tuple[tuple[float, float], ...]] | None = None
 
 
 @dataclass(slots=True)

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, UploadFile
+from fastapi import (
+    APIRouter,
+    Depends,
+    File,
+    Form,
+    HTTPException,
+    Path,
+    Query,
+    UploadFile,
+)
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
@@ -19,23 +28,29 @@ from app.api.deps import (
     TenantDep,
     current_tenant,
 )
+from app.api.streams import LastEventId, event_response, event_responses
+from app.events import job_snapshot
 from app.models import Job, JobState
 from app.schemas import (
     ID_PATTERN,
     MAX_BATCH_NAME,
     MAX_FILENAME,
     MAX_TEMPLATE_BYTES,
+    MAX_URL,
     NAME_PATTERN,
     UNAUTHORIZED,
     ErrorOut,
     JobOptions,
     JobOut,
+    JobSnapshot,
     SubmitOut,
+    check_callback_url,
     check_name,
 )
 from app.status import job_out, load_job
-from app.storage import IMAGE_NAME_PATTERN, result_key
+from app.storage import IMAGE_NAME_PATTERN, page_image_key, result_key
 from app.submit import submit_streams
+from app.webhooks import deliveries_of
 
 # Every route here authenticates first (before storage or anything else is touched), even
 # one that forgets TenantDep; FastAPI then reuses the same tenant for the route's TenantDep.
@@ -103,6 +118,20 @@ def create_jobs(
         str | None,
         Form(description="password of encrypted PDFs; stored encrypted, never returned"),
     ] = None,
+    callback_url: Annotated[
+        str | None,
+        Form(
+            description="http(s) URL POSTed each job's status when it ends (signed webhook)",
+            max_length=MAX_URL,
+        ),
+    ] = None,
+    batch_callback_url: Annotated[
+        str | None,
+        Form(
+            description="http(s) URL POSTed the batch's status when its last job ends",
+            max_length=MAX_URL,
+        ),
+    ] = None,
 ) -> SubmitOut:
     """Stores each file and enqueues it; several files (or a batch name) make one batch.
     Each file becomes a job even if it is no document: it then fails with the reason.
@@ -120,18 +149,25 @@ def create_jobs(
             dpi=dpi,
             extract=template,
             password=password or None,  # type: ignore[arg-type]
+            callback_url=callback_url or None,
         )
     except (ValidationError, ValueError) as exc:
         raise _invalid(
             "extract" if template else "options", f"invalid options: {exc}", None
         ) from None
+    if batch_callback_url:
+        try:
+            check_callback_url(batch_callback_url)
+        except ValueError as exc:
+            raise _invalid("batch_callback_url", str(exc), None) from None
     if options.password is not None:
         from app.passwords import SecretKeyMissing, require_key
 
         try:
             require_key(settings)
         except SecretKeyMissing as exc:
-            raise HTTPException(503, str(exc)) from None
+            # The request cannot be taken as given (no 5xx: nothing is down).
+            raise _invalid("password", str(exc), None) from None
     names = []
     for upload in files:
         name = upload.filename or "upload"
@@ -142,6 +178,7 @@ def create_jobs(
     batch_id, ids = submit_streams(
         [(upload.file, name) for upload, name in zip(files, names, strict=True)],
         batch_name=batch_name or None,
+        batch_callback_url=batch_callback_url or None,
         options=options,
         tenant=tenant,
         settings=settings,
@@ -169,7 +206,27 @@ def get_job(
     job = load_job(session, job_id, tenant)
     if job is None:
         raise HTTPException(404, f"no job {job_id}")
-    return job_out(job, with_pages=pages, link_base=link)
+    return job_out(
+        job, with_pages=pages, link_base=link, webhooks=deliveries_of(session, job_id=job_id)
+    )
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses=event_responses("job", JobSnapshot),
+    operation_id="job_events",
+)
+def job_events(
+    job_id: JobId,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    last_event_id: LastEventId = None,
+) -> Response:
+    """The job's state and page counts as they change (server-sent events)."""
+    return event_response(
+        lambda: job_snapshot(job_id, tenant), "job", job_id, last_event_id, settings
+    )
 
 
 def _finished_job(session: SessionDep, job_id: str, tenant: str) -> Job:
@@ -237,6 +294,34 @@ def get_image(
     )
 
 
+@router.get(
+    "/{job_id}/pages/{number}/image",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}, **ERRORS},
+)
+def get_page_image(
+    job_id: JobId,
+    number: Annotated[int, Path(ge=1, le=1_000_000, description="page number, from 1")],
+    session: SessionDep,
+    storage: StorageDep,
+    tenant: TenantDep,
+) -> Response:
+    """The page as rendered, scaled down (PAGEMILL_PAGE_IMAGE_MAX_SIDE), to draw the
+    result's region boxes on: their pixels are the render's, so scale them by the image's
+    width over the page's `width`. There from when the page is rendered; 404 before, and
+    for jobs rendered with page images turned off."""
+    job = session.get(Job, job_id)
+    if job is None or job.tenant != tenant:
+        raise HTTPException(404, f"no job {job_id}")
+    if job.pages_total is None or number > job.pages_total:
+        raise HTTPException(404, f"job {job_id} has no page {number}")
+    return Response(
+        storage.get(page_image_key(job.tenant, job_id, number)),
+        media_type="image/jpeg",
+        headers={"Cache-Control": "private, max-age=3600"},
+    )
+
+
 @router.delete(
     "/{job_id}",
     response_model=JobOut,
@@ -278,4 +363,6 @@ def _job_now(session: Session, job_id: str, tenant: str, link: str) -> JobOut:
     session.expire_all()  # read what the change committed, not this session's copy
     job = load_job(session, job_id, tenant)
     assert job is not None
-    return job_out(job, with_pages=True, link_base=link)
+    return job_out(
+        job, with_pages=True, link_base=link, webhooks=deliveries_of(session, job_id=job_id)
+    )
