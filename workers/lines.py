@@ -21,6 +21,9 @@ Quad = tuple[tuple[float, float], ...]
 MIN_LINE_SHARE = 0.5
 # Uncovered lines closer than this many line heights (vertically) form one block.
 BLOCK_GAP_LINES = 0.8
+# A detected "line" thicker than this share of the page's longer side is not a text line
+# (about 130 pt on an A4 page): pattern fills and drawings give detectors such shapes.
+MAX_LINE_THICKNESS_SHARE = 0.15
 # Label of the regions made from uncovered lines, and the source label that says so.
 LINE_REGION_LABEL = "text"
 LINE_REGION_SOURCE = "text_line"
@@ -36,6 +39,22 @@ class TextLine:
         xs = [p[0] for p in self.quad]
         ys = [p[1] for p in self.quad]
         return (min(xs), min(ys), max(xs), max(ys))
+
+
+def line_thickness(quad: Quad) -> float:
+    """The shorter side of a line's quadrilateral: its height across the text, however
+    the line is turned."""
+    (x0, y0), (x1, y1), (x2, y2) = quad[:3]
+    return min(((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5, ((x2 - x1) ** 2 + (y2 - y1) ** 2) ** 0.5)
+
+
+def plausible_lines(
+    lines: Sequence[TextLine], page_width: float, page_height: float
+) -> list[TextLine]:
+    """The lines that can be text: one thicker than MAX_LINE_THICKNESS_SHARE of the page
+    would otherwise turn a drawing into a text region, or a picture into text."""
+    limit = MAX_LINE_THICKNESS_SHARE * max(page_width, page_height)
+    return [line for line in lines if line_thickness(line.quad) <= limit]
 
 
 def assign_lines(
@@ -228,9 +247,10 @@ def place_lines(
 
     A loose line on a row of a region's lines, just beside them (a line number in the
     margin, a word the layout box cut off), joins that region's row instead. Each region's
-    box grows to hold its lines whole."""
+    box grows to hold its lines whole. Lines that cannot be text are left out."""
     from workers.reading_order import arrange_page
 
+    lines = plausible_lines(lines, page_width, page_height)
     regions = arrange_page(found, page_width, page_height, first_page=first_page)
     held, loose = assign_lines(lines, [r.bbox for r in regions])
     loose = _join_rows(lines, regions, held, loose)

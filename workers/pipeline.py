@@ -141,6 +141,14 @@ def prepare_document(job_id: str, settings: Settings) -> list[Message]:
     return [(PAGE, (job_id, number)) for number in pages]
 
 
+def _check_region_count(count: int, what: str, settings: Settings) -> None:
+    if count > settings.max_regions_per_page:
+        raise DocumentError(
+            f"too many regions: {what} {count} (the limit is "
+            f"{settings.max_regions_per_page}, PAGEMILL_MAX_REGIONS_PER_PAGE)"
+        )
+
+
 def _password(job: Job, settings: Settings) -> str | None:
     """The job's document password, decrypted only in memory, for as long as it is used."""
     if not job.password_ciphertext:
@@ -263,11 +271,7 @@ def _layout_page(job: Job, number: int, settings: Settings) -> int | None:
         engine = registry.layout_engine(settings)
         started = time.perf_counter()
         found = engine.detect(image)
-        if len(found) > settings.max_regions_per_page:
-            raise DocumentError(
-                f"too many regions: layout found {len(found)} (the limit is "
-                f"{settings.max_regions_per_page}, PAGEMILL_MAX_REGIONS_PER_PAGE)"
-            )
+        _check_region_count(len(found), "layout found", settings)
         layout_ms = (time.perf_counter() - started) * 1000
         metrics.observe("layout", layout_ms / 1000)
         layout_name = f"{engine.name}/{engine.version}"
@@ -275,6 +279,7 @@ def _layout_page(job: Job, number: int, settings: Settings) -> int | None:
         detector = registry.line_detector(settings)
         lines = detector.detect(image) if detector is not None else []
         regions, held = place_lines(found, lines, width, height, first_page=number == 1)
+        _check_region_count(len(regions), "layout and text lines made", settings)
         if detector is None:
             held = []  # not looked for: the recognizer finds each crop's lines itself
         else:

@@ -10,8 +10,10 @@ from workers.lines import (
     assign_lines,
     line_blocks,
     line_share,
+    line_thickness,
     order_lines,
     place_lines,
+    plausible_lines,
     regions_for_loose_lines,
 )
 
@@ -79,6 +81,24 @@ def test_place_lines_without_lines_keeps_the_layout() -> None:
     found = [_region("text", 100, 100, 1500, 300)]
     regions, held = place_lines(found, [], 1700, 2200, first_page=False)
     assert [r.bbox for r in regions] == [found[0].bbox] and held == [[]]
+
+
+def test_thickness_is_the_short_side_however_the_line_turns() -> None:
+    assert line_thickness(_line(100, 100, 500, 130).quad) == 30
+    turned = ((0.0, 30.0), (30.0, 0.0), (330.0, 300.0), (300.0, 330.0))
+    assert abs(line_thickness(turned) - 30 * 2**0.5) < 1e-9
+
+
+def test_a_line_as_thick_as_a_drawing_is_not_text() -> None:
+    # Seen on a page of dashed strokes: one turned "line" across the whole page, which
+    # made the picture holding it read as text.
+    across = TextLine(quad=((0.0, 1556.0), (1040.0, 0.0), (1238.0, 839.0), (858.0, 1753.0)))
+    title = _line(100, 100, 1100, 250)  # a 150 px line: a large title, still text
+    assert plausible_lines([across, title], 1239, 1754) == [title]
+    picture = _region("image", 0, 0, 1238, 1753)
+    regions, held = place_lines([picture], [across], 1239, 1754, first_page=True)
+    assert [r.label for r in regions] == ["image"] and held == [[]]
+    assert line_share(regions[0].bbox, held[0]) == 0.0
 
 
 def test_line_share_is_the_covered_share_of_the_box() -> None:
