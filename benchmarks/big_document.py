@@ -174,7 +174,11 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    results: dict[str, Any] = {"command": " ".join(sys.argv), "cores": os.cpu_count()}
+    results: dict[str, Any] = {
+        "command": " ".join(sys.argv),
+        "cores": os.cpu_count(),
+        "settings": {k: v for k, v in os.environ.items() if k.startswith("PAGEMILL_")},
+    }
     for label, pages in (("baseline", args.baseline), ("big", args.pages)):
         print(f"{label}: {pages} pages", flush=True)
         keep = args.keep / label if args.keep else None
