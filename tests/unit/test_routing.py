@@ -5,18 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import pypdfium2 as pdfium
 import pytest
 
 from benchmarks.corpus import CORPUS
+from tests.support.text_share import text_share_in
 from workers.assemble import AssemblyPage, AssemblyRegion, document_json
 from workers.documents import PDF, render_page
 from workers.engines.layout_rapid import RapidLayoutEngine, regions_from_rapid
 from workers.engines.types import LayoutRegion, RecognitionTask
 from workers.labels import DEFAULT_ROUTES, route_region, routing_table
 from workers.reading_order import arrange_page
-from workers.textlayer import _read_chars, pixel_to_pdf_rect
 
 # A US-letter page at 200 dpi.
 W, H = 1700.0, 2200.0
@@ -103,21 +101,12 @@ def _abandoned_share(pdf: Path, engine: RapidLayoutEngine) -> float:
     height, width = rendered.image.shape[:2]
     regions = arrange_page(engine.detect(rendered.image), width, height, first_page=False)
     routes = routing_table()
-    doc = pdfium.PdfDocument(str(pdf))
-    try:
-        page = doc[0]
-        chars = _read_chars(page.get_textpage())
-        boxes = chars.boxes
-        cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-        dropped = np.zeros(len(boxes), dtype=bool)
-        for region in regions:
-            if route_region(region, routes, width, height).task != RecognitionTask.ABANDON:
-                continue
-            left, bottom, right, top = pixel_to_pdf_rect(page, rendered.scale, region.bbox)
-            dropped |= (cx >= left) & (cx <= right) & (cy >= bottom) & (cy <= top)
-        return float((dropped & chars.counted).sum() / max(1, chars.counted.sum()))
-    finally:
-        doc.close()
+    abandoned = [
+        region.bbox
+        for region in regions
+        if route_region(region, routes, width, height).task == RecognitionTask.ABANDON
+    ]
+    return text_share_in(pdf, abandoned, rendered.scale)
 
 
 def test_real_pages_lose_only_their_margins() -> None:

@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pypdfium2 as pdfium
 import pytest
 
 from benchmarks.corpus import CORPUS
 from tests.support.documents import SAMPLE_PARAGRAPHS, SAMPLE_TITLE, page_image
+from tests.support.text_share import text_share_in
 from workers.assemble import AssemblyPage, AssemblyRegion, document_markdown
 from workers.crops import crop_with_lines
 from workers.documents import PDF, render_page
@@ -22,7 +22,6 @@ from workers.engines.types import LayoutRegion, RecognitionRequest, RecognitionT
 from workers.labels import route_region, routing_table
 from workers.lines import LINE_REGION_SOURCE, line_share, place_lines
 from workers.reading_order import arrange_page
-from workers.textlayer import _read_chars, pixel_to_pdf_rect
 
 
 @pytest.fixture(scope="module")
@@ -85,19 +84,7 @@ def test_a_page_without_any_layout_region_is_still_read(detector: RapidOcrLineDe
 
 def _uncovered_share(pdf: Path, regions: list[LayoutRegion], scale: float) -> float:
     """Share of the page's text-layer characters whose centre lies in no region."""
-    doc = pdfium.PdfDocument(str(pdf))
-    try:
-        page = doc[0]
-        chars = _read_chars(page.get_textpage())
-        boxes = chars.boxes
-        cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-        covered = np.zeros(len(boxes), dtype=bool)
-        for region in regions:
-            left, bottom, right, top = pixel_to_pdf_rect(page, scale, region.bbox)
-            covered |= (cx >= left) & (cx <= right) & (cy >= bottom) & (cy <= top)
-        return float((~covered & chars.counted).sum() / max(1, chars.counted.sum()))
-    finally:
-        doc.close()
+    return 1.0 - text_share_in(pdf, [region.bbox for region in regions], scale)
 
 
 def test_real_pages_leave_almost_no_text_outside_every_region(
