@@ -60,3 +60,25 @@ def drain_while_writing(folder: Path, transport: str) -> set[tuple[int, int]]:
 def test_no_half_written_message_is_ever_read(tmp_path: Path) -> None:
     seen = drain_while_writing(tmp_path, "app.filesystem_broker:Transport")
     assert len(seen) == WRITERS * PER_WRITER
+
+
+def test_a_queue_reads_its_own_messages_in_order_beside_another_queues(tmp_path: Path) -> None:
+    options = _options(tmp_path)
+    transport = "app.filesystem_broker:Transport"
+    with Connection("filesystem://", transport=transport, transport_options=options) as conn:
+        busy, quiet = conn.SimpleQueue("busy"), conn.SimpleQueue("quiet")
+        for i in range(200):
+            busy.put({"i": i})
+        quiet.put({"i": "only"})
+        message = quiet.get(timeout=5)
+        assert message.payload == {"i": "only"}
+        message.ack()
+        assert quiet.qsize() == 0
+        got = []
+        for _ in range(200):
+            message = busy.get(timeout=5)
+            got.append(message.payload["i"])
+            message.ack()
+        assert sorted(got) == list(range(200))
+        busy.close()
+        quiet.close()
